@@ -1,0 +1,71 @@
+"""PreMemorizationAccuracy under 2-process DDP on CPU (gloo)."""
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from _ddp_worker import THRESHOLD, observation, run
+
+from lightning_premem.functional import pre_memorization_accuracy
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+WORLD = 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.spawn(run, args=(WORLD, _free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _history(rounds, n):
+    acc = [[observation(t, i)[0] for i in range(n)] for t in range(rounds)]
+    ppl = [[observation(t, i)[1] for i in range(n)] for t in range(rounds)]
+    return acc, ppl
+
+
+def _assert_equals_core(snap, rounds, n):
+    expected = pre_memorization_accuracy(*_history(rounds, n), THRESHOLD)[-1]
+    assert torch.equal(snap["per_example"], expected)
+    assert snap["compute"].item() == pytest.approx(expected.double().mean().item(), abs=1e-7)
+    assert snap["summary"]["num_observed"].item() == n
+
+
+@pytest.mark.parametrize("rank", range(WORLD))
+def test_disjoint_shards(results, rank):
+    _assert_equals_core(results[rank]["disjoint"], rounds=3, n=10)
+
+
+@pytest.mark.parametrize("rank", range(WORLD))
+def test_distributed_sampler_padding_duplicates(results, rank):
+    ids = [results[r]["padded_ids"][0] for r in range(WORLD)]
+    assert sum(len(x) for x in ids) == 6  # the padding really happened
+    _assert_equals_core(results[rank]["padded"], rounds=3, n=5)
+
+
+@pytest.mark.parametrize("rank", range(WORLD))
+@pytest.mark.parametrize("first", [0, 1])
+@pytest.mark.parametrize("explicit", [True, False])
+@pytest.mark.parametrize("sync_between", [True, False])
+def test_later_observation_on_another_rank_is_current(results, rank, first, explicit, sync_between):
+    snap = results[rank][f"later_first{first}_explicit{explicit}_sync{sync_between}"]
+    # round 0: acc 1.0 not memorized; round 1: acc 0.2, memorized -> min(max(1.0, 0), 0.2)
+    assert snap["per_example"][0].item() == pytest.approx(0.2)
+    assert all(math.isnan(v) for v in snap["per_example"][1:].tolist())
+    assert snap["summary"]["train_accuracy"].item() == pytest.approx(0.2)
+    assert snap["summary"]["memorized_fraction"].item() == 1.0
+    assert snap["summary"]["num_observed"].item() == 1
+
+
+@pytest.mark.parametrize("rank", range(WORLD))
+def test_rank_that_observed_nothing(results, rank):
+    _assert_equals_core(results[rank]["idle_rank"], rounds=2, n=6)
