@@ -10,8 +10,9 @@ Both reduce across processes with an element-wise ``max``: the running maximum i
 maximum anyway, and the packing makes the maximum of ``latest`` the observation with the
 highest step, whichever rank made it. Observations of one example at the same step
 (the duplicates ``DistributedSampler`` pads with) resolve to the higher accuracy, then to
-"memorized". So the standard torchmetrics sync is exact, and every state is persistent:
-it rides in the LightningModule's (or callback's) checkpoint.
+"memorized". So the standard torchmetrics sync is exact, and merging is idempotent: a rank may
+hold the merged state of all ranks (``merge_ranks()``) and later merges stay exact. Every state
+is persistent: it rides in the LightningModule's (or callback's) checkpoint.
 """
 
 from __future__ import annotations
@@ -123,6 +124,20 @@ class PreMemorizationAccuracy(Metric):
         self.latest.scatter_reduce_(0, ids, _pack(steps, acc, memorized), reduce="amax")
         self.clock = torch.clamp(self.clock, min=stamp + 1)
 
+    def merge_ranks(self) -> None:
+        """Replace every process's state by the state merged over all processes (a collective call).
+
+        Under DDP each process holds the observations it made, and a checkpoint holds the state of
+        the process that writes it. Call this on every rank before saving to put all observations
+        into that state. It is exact and may be repeated: the merge is an element-wise ``max``,
+        which merging copies of the same state leaves unchanged. Without a process group it does
+        nothing.
+        """
+        with self.sync_context(should_sync=True):
+            merged = {name: getattr(self, name).clone() for name in ("running_max", "latest", "clock")}
+        for name, value in merged.items():
+            setattr(self, name, value)
+
     def compute(self) -> Tensor:
         """Mean pre-memorization accuracy over the examples observed at least once (NaN if none)."""
         return self._summary_from_state()["pre_memorization_accuracy"]
@@ -143,6 +158,13 @@ class PreMemorizationAccuracy(Metric):
             return self._summary_from_state()
 
     # ------------------------------------------------------------------ private
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # torchmetrics counts updates to warn about compute-before-update and caches compute();
+        # a restored state is as good as updated, and any cached value is stale
+        self._update_count = max(self._update_count, int((self.latest >= 0).any()))
+        self._computed = None
 
     def _per_example_from_state(self) -> Tensor:
         _, acc, _ = _unpack(self.latest)

@@ -75,6 +75,17 @@ def scenarios(rank, world):
         for t in range(2):
             observe(m, t, range(6), step=t)
     out["idle_rank"] = snapshot(m)
+
+    # 5. merge_ranks: afterwards each rank's own state (what a checkpoint saves) holds everything,
+    #    and merging again, or observing more, stays exact
+    m = PreMemorizationAccuracy(10, THRESHOLD)
+    observe(m, 0, range(rank, 10, world), step=0)
+    out["local_state_before_merge"] = {k: v.clone() for k, v in m.state_dict().items()}
+    m.merge_ranks()
+    out["local_state_after_merge"] = {k: v.clone() for k, v in m.state_dict().items()}
+    m.merge_ranks()
+    observe(m, 1, range(rank, 10, world), step=1)
+    out["merged_then_more"] = snapshot(m)
     return out
 
 

@@ -1,5 +1,6 @@
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -163,3 +164,18 @@ def test_state_for_ten_million_examples_is_a_few_bytes_each():
     ids = torch.randint(0, n, (4096,))
     metric.update(ids, torch.ones(4096), torch.full((4096,), 2.0))
     assert metric.summary()["num_observed"].item() == ids.unique().numel()
+
+
+def test_loaded_state_is_computed_afresh_and_without_a_compute_before_update_warning():
+    a = PreMemorizationAccuracy(num_examples=2, threshold=THRESHOLD)
+    a.update([0, 1], accuracy=[1.0, 1.0], perplexity=[2.0, 2.0])
+    b = PreMemorizationAccuracy(num_examples=2, threshold=THRESHOLD)
+    b.update([0, 1], accuracy=[0.0, 0.5], perplexity=[2.0, 2.0])
+    assert a.compute().item() == 1.0  # caches 1.0
+    a.load_state_dict(b.state_dict())
+    fresh = PreMemorizationAccuracy(num_examples=2, threshold=THRESHOLD)
+    fresh.load_state_dict(b.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert a.compute().item() == 0.25
+        assert fresh.compute().item() == 0.25

@@ -8,6 +8,7 @@ import torch
 import torch.multiprocessing as mp
 from _ddp_worker import THRESHOLD, observation, run
 
+from lightning_premem import PreMemorizationAccuracy
 from lightning_premem.functional import pre_memorization_accuracy
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
@@ -69,3 +70,23 @@ def test_later_observation_on_another_rank_is_current(results, rank, first, expl
 @pytest.mark.parametrize("rank", range(WORLD))
 def test_rank_that_observed_nothing(results, rank):
     _assert_equals_core(results[rank]["idle_rank"], rounds=2, n=6)
+
+
+def test_merge_ranks_puts_every_observation_into_each_ranks_checkpoint_state(results):
+    before = [results[r]["local_state_before_merge"] for r in range(WORLD)]
+    after = [results[r]["local_state_after_merge"] for r in range(WORLD)]
+    assert not torch.equal(before[0]["latest"], before[1]["latest"])  # each rank saw half
+    assert torch.equal(after[0]["latest"], after[1]["latest"])
+    # rank 0's state alone, loaded into a single-process metric, knows all 10 examples
+    restored = PreMemorizationAccuracy(10, THRESHOLD)
+    restored.load_state_dict(after[0])
+    _assert_equals_core(
+        {"per_example": restored.per_example(), "compute": restored.compute(), "summary": restored.summary()},
+        rounds=1,
+        n=10,
+    )
+
+
+@pytest.mark.parametrize("rank", range(WORLD))
+def test_merging_is_idempotent_and_later_updates_stay_exact(results, rank):
+    _assert_equals_core(results[rank]["merged_then_more"], rounds=2, n=10)
