@@ -6,7 +6,9 @@ questions, counted only before it reproduces the target trace verbatim, predicts
 accuracy.
 """
 
+from lightning_premem.callback import PreMemorizationCallback
 from lightning_premem.metric import PreMemorizationAccuracy
+from lightning_premem.module import CausalLMModule
 
-__all__ = ["PreMemorizationAccuracy"]
+__all__ = ["CausalLMModule", "PreMemorizationAccuracy", "PreMemorizationCallback"]
 __version__ = "0.1.0.dev0"

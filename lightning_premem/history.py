@@ -4,10 +4,12 @@ A *run history* is what the method needs from one training run: for each checkpo
 order) and training example, the sampled accuracy and the target-trace perplexity, plus the
 test accuracy of each checkpoint when it is known.
 
-Format read today: the ``.npz`` run logs of the authors' GSM8K runs (arrays ``steps`` [T],
-``train_accuracy`` [T, N], ``train_perplexity`` [T, N], ``test_accuracy`` [T] and
-``example_ids`` [N]; the last two optional). Every problem is reported as one ``ValueError``
-that names the file and the array.
+Format: ``.npz`` files with arrays ``steps`` [T], ``train_accuracy`` [T, N],
+``train_perplexity`` [T, N], and optionally ``test_accuracy`` [T], ``example_ids`` [N] and
+``run_name`` (a string). Both the authors' GSM8K run logs and the
+:class:`~lightning_premem.PreMemorizationCallback`'s ``premem/history.npz`` files are in it (the
+callback adds more arrays, which are ignored here). Every problem is reported as one
+``ValueError`` that names the file and the array.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class RunHistory:
     """One run's per-example history.
 
     Attributes:
-        name: the run's name (the file name without its suffix).
+        name: the run's name (``run_name`` in the file, else the file name without its suffix).
         steps: ``[T]`` optimizer step of each checkpoint, increasing.
         train_accuracy: ``[T, N]`` per-example sampled accuracy in ``[0, 1]``.
         train_perplexity: ``[T, N]`` per-example target-trace perplexity (>= 1).
@@ -62,7 +64,7 @@ class RunHistory:
 
 
 def load_run_histories(paths: str | Path | Iterable[str | Path]) -> list[RunHistory]:
-    """Read run histories from files and folders (a folder contributes its ``*.npz`` files, sorted).
+    """Read run histories from files and folders (a folder contributes every ``*.npz`` file below it, sorted).
 
     Raises:
         ValueError: a path is missing, a folder holds no run logs, a file is unreadable, lacks
@@ -74,7 +76,7 @@ def load_run_histories(paths: str | Path | Iterable[str | Path]) -> list[RunHist
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
             if not found:
                 raise ValueError(f"{path}: folder holds no run logs (expected files ending in {', '.join(_SUFFIXES)}).")
             files.extend(found)
@@ -133,8 +135,13 @@ def _load_npz(path: Path) -> RunHistory:
             _check_accuracy(torch.as_tensor(test), "test_accuracy")
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: array {err}") from None
+    name = path.stem
+    if "run_name" in arrays:
+        if arrays["run_name"].ndim != 0 or arrays["run_name"].dtype.kind != "U":
+            raise ValueError(f"{path}: array 'run_name' must be a single string, got {arrays['run_name']!r}.")
+        name = str(arrays["run_name"])
     return RunHistory(
-        name=path.stem,
+        name=name,
         steps=steps.astype(np.int64),
         train_accuracy=accuracy,
         train_perplexity=perplexity,

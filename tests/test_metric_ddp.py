@@ -11,7 +11,7 @@ from _ddp_worker import THRESHOLD, observation, run
 from lightning_premem import PreMemorizationAccuracy
 from lightning_premem.functional import pre_memorization_accuracy
 
-pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300, method="thread")]  # a hang fails
 WORLD = 2
 
 

@@ -1,0 +1,221 @@
+"""PreMemorizationCallback end to end on a tiny GPT-2 (CPU, no downloads)."""
+
+import csv
+
+import lightning as L  # noqa: N812
+import numpy as np
+import pytest
+import torch
+from _tiny import FrozenModule, examples, loader, module, tokenizer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_premem import PreMemorizationCallback
+from lightning_premem.cli import main
+from lightning_premem.functional import pre_memorization_accuracy
+from lightning_premem.history import load_run_histories
+
+pytestmark = pytest.mark.slow
+
+FAST = {"num_samples": 3, "max_new_tokens": 12, "temperature": 1.0, "progress": False}
+
+
+def _trainer(tmp_path, epochs, logger=True, callbacks=(), **kwargs):
+    kwargs.setdefault("enable_checkpointing", False)
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        logger=TensorBoardLogger(tmp_path, name="tb") if logger else False,
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        deterministic=True,
+        **kwargs,
+    )
+
+
+def test_end_to_end_tensorboard_history_and_replay(tmp_path, capsys):
+    tok = tokenizer()
+    train, test = examples(12), examples(6, seed=1, start_id=100)
+    callback = PreMemorizationCallback(train_examples=train, test_examples=test, **FAST)
+    L.seed_everything(0)
+    trainer = _trainer(tmp_path, 3, callbacks=[callback])
+    trainer.fit(module(tok, learning_rate=1e-2), loader(tok, train))
+
+    # TensorBoard: every documented tag, one value per epoch, plausible values
+    events = EventAccumulator(str(trainer.logger.log_dir), size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "pre_memorization_accuracy",
+        "train_accuracy",
+        "memorized_fraction",
+        "test_accuracy",
+        "target_perplexity",
+        "unparseable_fraction",
+        "num_probed",
+    ):
+        assert f"premem/{tag}" in scalars
+        values = [e.value for e in events.Scalars(f"premem/{tag}")]
+        assert len(values) == 3
+    for tag in (
+        "pre_memorization_accuracy",
+        "train_accuracy",
+        "memorized_fraction",
+        "test_accuracy",
+        "unparseable_fraction",
+    ):
+        assert all(0.0 <= e.value <= 1.0 for e in events.Scalars(f"premem/{tag}"))
+    assert "premem/pre_memorization_accuracy_stderr" not in scalars  # everything was probed
+    ppl = [e.value for e in events.Scalars("premem/target_perplexity")]
+    assert ppl[-1] < ppl[0]  # training lowers the targets' perplexity
+    assert "premem/per_example_pre_memorization_accuracy" in events.Tags()["histograms"]
+    assert "premem/per_example_dynamics" in events.Tags()["images"]
+
+    # the history file: replayable, consistent with the metric and the functional core
+    (run,) = load_run_histories(tmp_path)
+    assert run.example_ids.tolist() == list(range(12)) and run.num_checkpoints == 3
+    assert run.test_accuracy is not None
+    history = callback.history
+    np.testing.assert_array_equal(run.train_accuracy, torch.stack([r["accuracy"] for r in history]).numpy())
+    with np.load(run.source) as saved:
+        premem = pre_memorization_accuracy(saved["train_accuracy"], saved["train_perplexity"], callback.threshold)
+        np.testing.assert_array_equal(saved["pre_memorization_accuracy"], premem.numpy())
+        np.testing.assert_array_equal(saved["pre_memorization_accuracy"][-1], callback.metric.per_example().numpy())
+        np.testing.assert_array_equal(saved["num_correct"] / 3, saved["train_accuracy"])
+        assert saved["steps"].tolist() == [r["step"] for r in history]
+    assert [e.value for e in events.Scalars("premem/test_accuracy")] == pytest.approx(run.test_accuracy.tolist())
+    logged = [e.value for e in events.Scalars("premem/pre_memorization_accuracy")]
+    assert logged[-1] == pytest.approx(float(premem[-1].mean()), abs=1e-6)
+
+    rows = list(csv.DictReader((run.source.parent / "round_002.csv").open()))
+    assert len(rows) == 12 and rows[0]["epoch"] == "2"
+    assert float(rows[5]["pre_memorization_accuracy"]) == pytest.approx(float(premem[-1, 5]), abs=1e-6)
+
+    assert main(["replay", str(tmp_path), "--json"]) == 0
+    assert '"name": "tb/version_0"' in capsys.readouterr().out
+
+
+class EchoSampler:
+    """Answers every prompt with its reference solution: train accuracy is exactly 1."""
+
+    num_samples = 2
+
+    def __init__(self, solutions):
+        self.solutions = solutions
+
+    def sample(self, prompts, seeds):
+        return [[self.solutions[p]] * 2 for p in prompts]
+
+
+def test_custom_sampler_subset_every_n_epochs_and_no_logger(tmp_path):
+    tok = tokenizer()
+    train = examples(10)
+    solutions = {f"{e['question']}\nAnswer:": f" {e['solution']}" for e in train}
+    callback = PreMemorizationCallback(
+        train_examples=train,
+        sampler=EchoSampler(solutions),
+        every_n_epochs=2,
+        max_examples=4,
+        threshold=1.05,
+        progress=False,
+    )
+    L.seed_everything(0)
+    trainer = _trainer(tmp_path, 4, logger=False, callbacks=[callback])
+    trainer.fit(module(tok), loader(tok, train))
+    assert [r["epoch"] for r in callback.history] == [1, 3]
+    assert len(callback.probed_ids) == 4 and callback.probed_ids == sorted(callback.probed_ids)
+    assert all(bool((r["accuracy"] == 1).all()) for r in callback.history)
+    metrics = trainer.callback_metrics
+    assert metrics["premem/train_accuracy"].item() == 1.0
+    assert "premem/pre_memorization_accuracy_stderr" in metrics
+    # with every answer right, an example scores 1 unless it was memorized from its first probe on
+    memorized_first = (callback.history[0]["perplexity"] <= 1.05).float()
+    expected = (1 - memorized_first).mean().item()
+    assert metrics["premem/pre_memorization_accuracy"].item() == pytest.approx(expected)
+    assert (tmp_path / "premem" / "history.npz").exists()  # no logger: default_root_dir
+
+
+def test_callable_answer_kind():
+    callback = PreMemorizationCallback(train_examples=examples(2), answer_kind=lambda c, r: None)
+    assert callable(callback.answer_kind)
+
+
+def test_resume_logs_what_the_uninterrupted_run_logs(tmp_path):
+    tok = tokenizer()
+    train = examples(8)
+
+    def run(folder, ckpt_path=None):
+        callback = PreMemorizationCallback(train_examples=train, **FAST)
+        every_epoch = ModelCheckpoint(dirpath=folder / "ckpt", save_top_k=-1, every_n_epochs=1)
+        L.seed_everything(0)
+        trainer = _trainer(folder, 4, callbacks=[callback, every_epoch], enable_checkpointing=True)
+        trainer.fit(module(tok), loader(tok, train), ckpt_path=ckpt_path)
+        return callback
+
+    full = run(tmp_path / "full")
+    (mid,) = (tmp_path / "full" / "ckpt").glob("epoch=1-*.ckpt")  # saved after 2 of the 4 epochs
+    state = torch.load(mid, weights_only=False)["callbacks"]
+    (key,) = [k for k in state if k.startswith("PreMemorizationCallback")]
+    assert len(state[key]["rounds"]) == 2
+    resumed = run(tmp_path / "resumed", ckpt_path=mid)
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
+    for a, b in zip(resumed.history, full.history, strict=True):
+        torch.testing.assert_close(a["accuracy"], b["accuracy"], rtol=0, atol=0)
+        torch.testing.assert_close(a["perplexity"], b["perplexity"], rtol=1e-5, atol=0)
+    assert torch.equal(resumed.metric.per_example(), full.metric.per_example())
+    (run_full,) = load_run_histories(tmp_path / "full")
+    (run_resumed,) = load_run_histories(tmp_path / "resumed")
+    np.testing.assert_array_equal(run_full.train_accuracy, run_resumed.train_accuracy)
+    np.testing.assert_allclose(run_full.train_perplexity, run_resumed.train_perplexity, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"train_examples": []}, "no training examples to probe"),
+        ({"train_examples": [{"id": 0, "question": "q"}]}, "lack a non-empty string 'question' or 'solution'"),
+        ({"train_examples": [{"id": -1, "question": "q", "solution": "#### 1"}]}, "no valid 'id'"),
+        ({"train_examples": [{"id": 3, "question": "q", "solution": "#### 1"}] * 2}, "repeated: \\[3\\]"),
+        ({"train_examples": [{"id": 0, "question": "q", "solution": "no answer"}]}, "have no final answer"),
+        ({"train_examples": [{"id": 0, "question": "What is 1+1?" * 20, "solution": "#### 2"}]}, "longer than"),
+    ],
+)
+def test_fails_early_at_setup(tmp_path, kwargs, match):
+    tok = tokenizer()
+    callback = PreMemorizationCallback(**kwargs, **FAST)
+    trainer = _trainer(tmp_path, 1, logger=False, callbacks=[callback])
+    model = FrozenModule(module(tok).model, tok)
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model, loader(tok, examples(4)))
+    assert trainer.global_step == 0  # before any training
+
+
+def test_fails_early_without_tokenizer_or_model(tmp_path):
+    tok = tokenizer()
+    callback = PreMemorizationCallback(train_examples=examples(2), **FAST)
+    no_tokenizer = FrozenModule(module(tok).model, None)
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        _trainer(tmp_path, 1, logger=False, callbacks=[callback]).fit(no_tokenizer, loader(tok, examples(2)))
+    with pytest.raises(ValueError, match="cannot find the language model"):
+        callback = PreMemorizationCallback(train_examples=examples(2), model_attr="lm", **FAST)
+        _trainer(tmp_path, 1, logger=False, callbacks=[callback]).fit(no_tokenizer, loader(tok, examples(2)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_samples": 0}, ValueError, "`num_samples` must be an int >= 1, got 0"),
+        ({"every_n_epochs": 0}, ValueError, "`every_n_epochs`"),
+        ({"max_examples": -2}, ValueError, "`max_examples`"),
+        ({"threshold": 0.5}, ValueError, "threshold"),
+        ({"answer_kind": "mmlu"}, ValueError, "answer_kind"),
+        ({"sampler": object()}, TypeError, "CompletionSampler"),
+        ({"prompt_template": "{q}"}, ValueError, "must contain \\{question\\}"),
+    ],
+)
+def test_constructor_validation(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        PreMemorizationCallback(**kwargs)
