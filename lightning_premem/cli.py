@@ -55,11 +55,35 @@ def _build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     replay.add_argument("--plot", type=Path, metavar="FILE.png", help="draw pre-memorization vs test accuracy")
     replay.set_defaults(handler=_run_replay)
+
+    # parsed by LightningCLI, not here (see main); listed for `premem --help`
+    commands.add_parser(
+        "fit",
+        help="train from a YAML config (LightningCLI): premem fit --config FILE.yaml [--trainer.max_epochs N ...]",
+        add_help=False,
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="the CPU demo: train a small model from scratch on the synthetic task with the callback; write a report",
+        description=(
+            "Train a 0.36 M-parameter GPT from scratch on the synthetic arithmetic task on CPU, with "
+            "PreMemorizationCallback probing it; write TensorBoard logs and a Markdown report with figures."
+        ),
+    )
+    demo.add_argument("--output", type=Path, default=Path("runs/demo"), help="folder for logs and the report")
+    demo.add_argument("--train-size", type=int, default=None, help="training examples (default: the demo's)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
+    demo.set_defaults(handler=_run_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``premem`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fit"]:
+        return _run_fit(argv[1:])
     args = _build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
@@ -94,6 +118,35 @@ def _run_replay(args: argparse.Namespace) -> int:
         print(_format_replay(result, origin))
         if args.plot is not None:
             print(f"figure: {args.plot}")
+    return 0
+
+
+def _run_fit(cli_args: list[str]) -> int:
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from lightning_premem.data import ReasoningDataModule
+    from lightning_premem.module import CausalLMModule
+
+    class _PremCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            # one tokenizer setting for the model and the data
+            parser.link_arguments("model.tokenizer", "data.tokenizer")
+
+    _PremCLI(
+        CausalLMModule,
+        ReasoningDataModule,
+        args=["fit", *cli_args],
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from lightning_premem.demo import run_demo
+
+    run_demo(args.output, train_size=args.train_size, epochs=args.epochs, quick=args.quick)
     return 0
 
 

@@ -7,6 +7,7 @@ AdamW with linear warmup then linear decay to 0 over the run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L  # noqa: N812  (the library's own convention)
@@ -20,9 +21,12 @@ class CausalLMModule(L.LightningModule):
     """Fine-tune a Hugging Face causal LM on prompt/target batches.
 
     Args:
-        model: a Hugging Face causal LM (``PreTrainedModel`` with ``generate``), or a local path or
-            hub name to load with ``AutoModelForCausalLM.from_pretrained``.
-        tokenizer: the model's tokenizer (or a path / hub name for ``AutoTokenizer``); the
+        model: a Hugging Face causal LM (``PreTrainedModel`` with ``generate``); a local path or hub
+            name to load with ``AutoModelForCausalLM.from_pretrained``; or a config mapping for a model
+            trained from scratch, e.g. ``{"model_type": "gpt2", "n_layer": 3, "n_embd": 96, "n_head": 3}``
+            (``vocab_size`` defaults to the tokenizer's size).
+        tokenizer: the model's tokenizer, a path / hub name for ``AutoTokenizer``, or ``"char"`` for
+            :func:`~lightning_premem.tokenization.char_tokenizer`; the
             :class:`~lightning_premem.PreMemorizationCallback` finds it here.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -50,9 +54,16 @@ class CausalLMModule(L.LightningModule):
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay!r}.")
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"`warmup_ratio` must be in [0, 1), got {warmup_ratio!r}.")
-        self.save_hyperparameters(ignore=["model", "tokenizer"])
-        self.model = _load_model(model)
+        self.save_hyperparameters(
+            ignore=[
+                name
+                for name, value in (("model", model), ("tokenizer", tokenizer))
+                if not isinstance(value, (str, dict))
+            ]
+        )
         self.tokenizer = _load_tokenizer(tokenizer)
+        self.model = _load_model(model, self.tokenizer)
+        self.model.train()  # from_pretrained returns eval mode (dropout off); training starts in train mode
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None) -> Any:
         """Run the wrapped model."""
@@ -97,7 +108,9 @@ class CausalLMModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _load_model(model: Any) -> Any:
+def _load_model(model: Any, tokenizer: Any) -> Any:
+    if isinstance(model, Mapping):
+        return _model_from_config(dict(model), tokenizer)
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
@@ -116,7 +129,34 @@ def _load_model(model: Any) -> Any:
     return model
 
 
+def _model_from_config(config: dict[str, Any], tokenizer: Any) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type = config.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise ValueError(
+            "a model config mapping needs 'model_type' (e.g. 'gpt2', 'llama') and that model's config fields, "
+            f"got keys {sorted(config)}."
+        )
+    if "vocab_size" not in config:
+        if tokenizer is None:
+            raise ValueError("a model built from a config needs 'vocab_size' or a tokenizer to take it from.")
+        config["vocab_size"] = len(tokenizer)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if key not in config and getattr(tokenizer, key, None) is not None:
+            config[key] = getattr(tokenizer, key)
+    try:
+        hf_config = AutoConfig.for_model(model_type, **config)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"cannot build a {model_type!r} config from {config}: {err}") from None
+    return AutoModelForCausalLM.from_config(hf_config)  # type: ignore[no-untyped-call]
+
+
 def _load_tokenizer(tokenizer: Any) -> Any:
+    if tokenizer == "char":
+        from lightning_premem.tokenization import char_tokenizer
+
+        return char_tokenizer()
     if isinstance(tokenizer, str):
         from transformers import AutoTokenizer
 
