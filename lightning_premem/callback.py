@@ -252,9 +252,8 @@ class PreMemorizationCallback(Callback):
         started = time.perf_counter()
         record = self._probe_round(trainer, pl_module)
         self._rounds.append(record)
-        self._metric.update(
-            torch.arange(len(self._probe.ids)), record["accuracy"], record["perplexity"], step=len(self._rounds) - 1
-        )
+        self._observe(len(self._rounds) - 1, record)
+        self._push_scores(trainer, record)
         scalars = self._scalars(record)
         # identical on every rank (the round was gathered); sync_dist keeps Lightning's DDP bookkeeping exact
         pl_module.log_dict({f"premem/{k}": v for k, v in scalars.items()}, on_step=False, on_epoch=True, sync_dist=True)
@@ -580,8 +579,24 @@ class PreMemorizationCallback(Callback):
         self._rounds = [dict(r) for r in state.get("rounds", [])]
         self._metric.reset()
         for index, record in enumerate(self._rounds):
-            self._metric.update(
-                torch.arange(len(self._probe.ids)), record["accuracy"], record["perplexity"], step=index
+            self._observe(index, record)
+
+    def _observe(self, index: int, record: dict[str, Any]) -> None:
+        if self._probe is None or self._metric is None:
+            raise RuntimeError("setup() did not run")
+        self._metric.update(torch.arange(len(self._probe.ids)), record["accuracy"], record["perplexity"], step=index)
+
+    def _push_scores(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
+        """Hand the round's per-example scores to a datamodule that takes them (``update_premem_scores``)."""
+        receiver = getattr(getattr(trainer, "datamodule", None), "update_premem_scores", None)
+        if callable(receiver) and self._metric is not None:
+            receiver(
+                self.probed_ids,
+                {
+                    "pre_memorization_accuracy": self._metric.per_example(),
+                    "accuracy": record["accuracy"],
+                    "perplexity": record["perplexity"],
+                },
             )
 
 

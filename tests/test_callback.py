@@ -219,3 +219,25 @@ def test_fails_early_without_tokenizer_or_model(tmp_path):
 def test_constructor_validation(kwargs, error, match):
     with pytest.raises(error, match=match):
         PreMemorizationCallback(**kwargs)
+
+
+def test_scores_are_pushed_to_a_datamodule_that_takes_them(tmp_path):
+    from lightning_premem import ReasoningDataModule
+
+    tok = tokenizer()
+    received = []
+
+    class Receiving(ReasoningDataModule):
+        def update_premem_scores(self, example_ids, scores):
+            received.append((list(example_ids), {k: v.clone() for k, v in scores.items()}))
+
+    rows = examples(6)
+    data = Receiving(rows, fields={"question": "question", "solution": "solution", "id": "id"}, tokenizer=tok)
+    callback = PreMemorizationCallback(**FAST)
+    L.seed_everything(0)
+    _trainer(tmp_path, 2, logger=False, callbacks=[callback]).fit(module(tok), datamodule=data)
+    assert len(received) == 2
+    ids, scores = received[-1]
+    assert ids == callback.probed_ids == list(range(6))
+    assert torch.equal(scores["pre_memorization_accuracy"], callback.metric.per_example())
+    assert torch.equal(scores["perplexity"], callback.history[-1]["perplexity"])
