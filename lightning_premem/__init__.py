@@ -7,9 +7,16 @@ accuracy.
 """
 
 from lightning_premem.callback import PreMemorizationCallback
+from lightning_premem.curation import CuratedDataModule
 from lightning_premem.data import ReasoningDataModule
 from lightning_premem.metric import PreMemorizationAccuracy
 from lightning_premem.module import CausalLMModule
 
-__all__ = ["CausalLMModule", "PreMemorizationAccuracy", "PreMemorizationCallback", "ReasoningDataModule"]
+__all__ = [
+    "CausalLMModule",
+    "CuratedDataModule",
+    "PreMemorizationAccuracy",
+    "PreMemorizationCallback",
+    "ReasoningDataModule",
+]
 __version__ = "0.1.0.dev0"
