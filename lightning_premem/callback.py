@@ -8,6 +8,7 @@ updates a :class:`~lightning_premem.PreMemorizationAccuracy` and logs, under ``p
   (mean over probed examples), ``unparseable_fraction``, ``num_probed``;
 - ``pre_memorization_accuracy_stderr`` when a subset of the training set is probed;
 - ``test_accuracy`` when held-out queries exist;
+- ``robust_accuracy`` (mean accuracy under the prompt perturbations) when ``perturbations`` is set;
 - to TensorBoard also a histogram of per-example pre-memorization accuracy and an image of the
   per-example dynamics.
 
@@ -56,12 +57,14 @@ from lightning_premem.probes import (
     encode_prompt_target,
     target_perplexity,
 )
+from lightning_premem.robustness import perturb_prompt, resolve_perturbations
 
 __all__ = ["PreMemorizationCallback"]
 
 HISTORY_FILE = "history.npz"
 _STATE_VERSION = 1
 _TEST_SEED_SALT = 0x5EED_7E57
+_ROBUST_SEED_SALT = 0x0B57_0000
 
 
 class PreMemorizationCallback(Callback):
@@ -100,6 +103,11 @@ class PreMemorizationCallback(Callback):
         log_histogram: log the per-example histogram to TensorBoard.
         log_dynamics: log the per-example dynamics image to TensorBoard.
         progress: show a progress bar while probing (rank 0, when the trainer shows one).
+        perturbations: robustness probe (off when ``None``): prompt suffixes inserted right after the last
+            ``"Answer:"`` of each probed prompt; ``"default"`` means the authors' ``(" First", " We know that")``.
+            Each round then also samples ``num_samples`` completions per probed query and perturbation, grades
+            them, logs ``premem/robust_accuracy`` and writes ``robust_accuracy [T, P, N]`` and
+            ``perturbations [P]`` to the history file. Costs ``P`` times the round's sampling.
     """
 
     def __init__(
@@ -129,6 +137,7 @@ class PreMemorizationCallback(Callback):
         log_histogram: bool = True,
         log_dynamics: bool = True,
         progress: bool = True,
+        perturbations: Sequence[str] | Literal["default"] | None = None,
     ) -> None:
         super().__init__()
         self.threshold = _check_threshold(
@@ -171,6 +180,10 @@ class PreMemorizationCallback(Callback):
         self.log_histogram = log_histogram
         self.log_dynamics = log_dynamics
         self.progress = progress
+        self.perturbations = resolve_perturbations(perturbations)
+        if self.perturbations:
+            perturb_prompt(prompt_template, self.perturbations[0])  # the template must hold "Answer:"
+        self._robust_probes: list[_ProbeSet] = []
         self._train_examples = None if train_examples is None else list(train_examples)
         self._test_examples = None if test_examples is None else list(test_examples)
         self.num_samples = num_samples
@@ -237,6 +250,16 @@ class PreMemorizationCallback(Callback):
                 stop=self.stop,
                 batch_size=self.generation_batch_size,
             )
+        probe = self._probe
+        self._robust_probes = [
+            _ProbeSet(
+                ids=probe.ids,
+                prompts=[perturb_prompt(prompt, suffix) for prompt in probe.prompts],
+                solutions=probe.solutions,
+                pairs=probe.pairs,
+            )
+            for suffix in self.perturbations
+        ]
         self._metric = PreMemorizationAccuracy(len(self._probe.ids), self.threshold, sync_on_compute=False)
         if self._pending_state is not None:
             self._restore(self._pending_state)
@@ -318,7 +341,7 @@ class PreMemorizationCallback(Callback):
         num_samples = int(self._sampler.num_samples)
         mine = list(range(rank, len(self._probe.ids), world))
         test_mine = [] if self._test is None else list(range(rank, len(self._test.ids), world))
-        total_work = 2 * len(mine) + len(test_mine)
+        total_work = (2 + len(self._robust_probes)) * len(mine) + len(test_mine)
         bar = _progress_bar(
             self.progress and trainer.is_global_zero and trainer.progress_bar_callback is not None,
             total_work,
@@ -336,6 +359,10 @@ class PreMemorizationCallback(Callback):
             )
             if self._test is not None:
                 test_correct, _ = self._sample_and_grade(self._test, test_mine, _TEST_SEED_SALT, bar)
+            robust_correct = [
+                self._sample_and_grade(perturbed, mine, _ROBUST_SEED_SALT + index, bar)[0]
+                for index, perturbed in enumerate(self._robust_probes)
+            ]
         finally:
             model.train(was_training)
             bar.close()
@@ -358,6 +385,10 @@ class PreMemorizationCallback(Callback):
             "perplexity": gather(perplexity, mine, size).float(),
             "test_accuracy": None,
         }
+        if robust_correct:
+            record["robust_accuracy"] = (
+                torch.stack([gather(c, mine, size) for c in robust_correct]).round() / num_samples
+            ).float()
         if self._test is not None:
             test_total = gather(test_correct, test_mine, len(self._test.ids)).sum()
             record["test_accuracy"] = float(test_total) / (num_samples * len(self._test.ids))
@@ -407,6 +438,8 @@ class PreMemorizationCallback(Callback):
             )
         if record["test_accuracy"] is not None:
             scalars["test_accuracy"] = float(record["test_accuracy"])
+        if record.get("robust_accuracy") is not None:
+            scalars["robust_accuracy"] = float(record["robust_accuracy"].double().mean())
         return scalars
 
     def _history_arrays(self) -> dict[str, Tensor]:
@@ -457,6 +490,9 @@ class PreMemorizationCallback(Callback):
         }
         if all(r["test_accuracy"] is not None for r in self._rounds):
             columns["test_accuracy"] = np.array([r["test_accuracy"] for r in self._rounds], dtype=np.float64)
+        if self.perturbations and all(r.get("robust_accuracy") is not None for r in self._rounds):
+            columns["robust_accuracy"] = torch.stack([r["robust_accuracy"] for r in self._rounds]).numpy()
+            columns["perturbations"] = np.array(list(self.perturbations))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **columns)  # type: ignore[arg-type]  # numpy's stub types **kwds loosely
         _atomic_write(folder / HISTORY_FILE, buffer.getvalue())

@@ -5,11 +5,12 @@ order) and training example, the sampled accuracy and the target-trace perplexit
 test accuracy of each checkpoint when it is known.
 
 Format: ``.npz`` files with arrays ``steps`` [T], ``train_accuracy`` [T, N],
-``train_perplexity`` [T, N], and optionally ``test_accuracy`` [T], ``example_ids`` [N] and
-``run_name`` (a string). Both the authors' GSM8K run logs and the
-:class:`~lightning_premem.PreMemorizationCallback`'s ``premem/history.npz`` files are in it (the
-callback adds more arrays, which are ignored here). Every problem is reported as one
-``ValueError`` that names the file and the array.
+``train_perplexity`` [T, N], and optionally ``test_accuracy`` [T], ``example_ids`` [N],
+``run_name`` (a string), ``validation_accuracy`` [T] (read by threshold calibration), and the
+robustness probe's ``robust_accuracy`` [T, P, N] with its ``perturbations`` [P] (strings).
+Both the authors' GSM8K run logs and the :class:`~lightning_premem.PreMemorizationCallback`'s
+``premem/history.npz`` files are in it (the callback adds more arrays, which are ignored here).
+Every problem is reported as one ``ValueError`` that names the file and the array.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__ = ["RunHistory", "load_run_histories"]
 
 _REQUIRED = ("steps", "train_accuracy", "train_perplexity")
 _SUFFIXES = (".npz",)
+#: Files that sit next to a history but are not run logs (skipped when a folder is searched).
+_COMPANIONS = ("predictors.npz",)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class RunHistory:
         test_accuracy: ``[T]`` test accuracy per checkpoint, or ``None`` when not recorded.
         example_ids: ``[N]`` which training example each column is.
         source: the file it was read from.
+        validation_accuracy: ``[T]`` validation accuracy per checkpoint, or ``None`` when not recorded.
+        robust_accuracy: ``[T, P, N]`` per-example accuracy under each prompt perturbation, or ``None``.
+        perturbations: the ``P`` prompt suffixes of ``robust_accuracy`` (empty without it).
     """
 
     name: str
@@ -51,6 +57,9 @@ class RunHistory:
     test_accuracy: np.ndarray | None
     example_ids: np.ndarray
     source: Path
+    validation_accuracy: np.ndarray | None = None
+    robust_accuracy: np.ndarray | None = None
+    perturbations: tuple[str, ...] = ()
 
     @property
     def num_checkpoints(self) -> int:
@@ -66,6 +75,8 @@ class RunHistory:
 def load_run_histories(paths: str | Path | Iterable[str | Path]) -> list[RunHistory]:
     """Read run histories from files and folders (a folder contributes every ``*.npz`` file below it, sorted).
 
+    A folder search skips ``predictors.npz`` (the baseline-predictors file that sits next to a history).
+
     Raises:
         ValueError: a path is missing, a folder holds no run logs, a file is unreadable, lacks
             an array, or holds arrays of the wrong shape or with invalid values.
@@ -76,7 +87,9 @@ def load_run_histories(paths: str | Path | Iterable[str | Path]) -> list[RunHist
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.name not in _COMPANIONS and p.is_file()
+            )
             if not found:
                 raise ValueError(f"{path}: folder holds no run logs (expected files ending in {', '.join(_SUFFIXES)}).")
             files.extend(found)
@@ -124,6 +137,12 @@ def _load_npz(path: Path) -> RunHistory:
     test = (
         _vector(path, arrays, "test_accuracy", num_checkpoints, "T checkpoints") if "test_accuracy" in arrays else None
     )
+    validation = (
+        _vector(path, arrays, "validation_accuracy", num_checkpoints, "T checkpoints")
+        if "validation_accuracy" in arrays
+        else None
+    )
+    robust, perturbations = _robustness(path, arrays, num_checkpoints, num_examples)
     for key, values in (("steps", steps), ("example_ids", example_ids)):
         if not np.issubdtype(values.dtype, np.integer):
             raise ValueError(f"{path}: array '{key}' must hold integers, got dtype {values.dtype}.")
@@ -131,8 +150,10 @@ def _load_npz(path: Path) -> RunHistory:
         raise ValueError(f"{path}: array 'steps' must increase (checkpoints in time order), got {steps.tolist()}.")
     try:
         _check_history(accuracy, perplexity, names=("train_accuracy", "train_perplexity"))
-        if test is not None:
-            _check_accuracy(torch.as_tensor(test), "test_accuracy")
+        optional_arrays = (("test_accuracy", test), ("validation_accuracy", validation), ("robust_accuracy", robust))
+        for key, optional in optional_arrays:
+            if optional is not None:
+                _check_accuracy(torch.as_tensor(optional), key)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: array {err}") from None
     name = path.stem
@@ -148,7 +169,31 @@ def _load_npz(path: Path) -> RunHistory:
         test_accuracy=test,
         example_ids=example_ids.astype(np.int64),
         source=path,
+        validation_accuracy=validation,
+        robust_accuracy=robust,
+        perturbations=perturbations,
     )
+
+
+def _robustness(
+    path: Path, arrays: dict[str, np.ndarray], num_checkpoints: int, num_examples: int
+) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """Read the optional robustness-probe arrays: ``robust_accuracy`` [T, P, N] and ``perturbations`` [P]."""
+    if "robust_accuracy" not in arrays and "perturbations" not in arrays:
+        return None, ()
+    if "robust_accuracy" not in arrays or "perturbations" not in arrays:
+        raise ValueError(f"{path}: arrays 'robust_accuracy' and 'perturbations' come together; only one is present.")
+    names = arrays["perturbations"]
+    if names.ndim != 1 or names.dtype.kind != "U":
+        raise ValueError(f"{path}: array 'perturbations' must be a 1-D array of strings, got {names!r}.")
+    robust = arrays["robust_accuracy"]
+    expected = (num_checkpoints, names.shape[0], num_examples)
+    if robust.shape != expected:
+        raise ValueError(
+            f"{path}: array 'robust_accuracy' must have shape {expected} [T checkpoints, P perturbations, "
+            f"N examples], got {robust.shape}."
+        )
+    return robust, tuple(str(name) for name in names)
 
 
 def _vector(path: Path, arrays: dict[str, np.ndarray], key: str, length: int, what: str) -> np.ndarray:
