@@ -56,6 +56,37 @@ def _build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--plot", type=Path, metavar="FILE.png", help="draw pre-memorization vs test accuracy")
     replay.set_defaults(handler=_run_replay)
 
+    report = commands.add_parser(
+        "report",
+        help="compare generalization predictors on runs: R² table, calibrated threshold, robustness, figures",
+        description=(
+            "Read run logs (.npz files or folders of them; the callback's history.npz, with predictors.npz next to "
+            "it when BaselinePredictorsCallback ran) and write report.md plus PNG figures: the R² of test accuracy "
+            "on each predictor, the memorization threshold calibrated without the test split (on a validation "
+            "accuracy when every run has one, else on a seeded split of the runs), and the robustness relation."
+        ),
+    )
+    report.add_argument("paths", nargs="+", metavar="RUN", help="run log (.npz) or folder of them")
+    report.add_argument("--output", type=Path, default=Path("premem-report"), help="folder for report.md and figures")
+    report_threshold = report.add_mutually_exclusive_group()
+    report_threshold.add_argument(
+        "--threshold", type=float, metavar="P", help="perplexity threshold of the table (default: the authors' GSM8K p)"
+    )
+    report_threshold.add_argument(
+        "--loglog-threshold", type=float, metavar="TAU", help="the threshold in the authors' form: P = exp(exp(TAU))"
+    )
+    report_threshold.add_argument(
+        "--calibrate", action="store_true", help="compute the table at the calibrated threshold instead"
+    )
+    report.add_argument("--no-calibration", action="store_true", help="skip the threshold calibration")
+    report.add_argument(
+        "--fit-fraction", type=float, default=0.5, help="share of runs to fit p on when runs are split (default 0.5)"
+    )
+    report.add_argument("--seed", type=int, default=0, help="seeds the run split and the bootstrap (default 0)")
+    report.add_argument("--no-figures", action="store_true", help="write report.md only")
+    report.add_argument("--json", action="store_true", help="also print the report as one JSON object")
+    report.set_defaults(handler=_run_report)
+
     # parsed by LightningCLI, not here (see main); listed for `premem --help`
     commands.add_parser(
         "fit",
@@ -76,6 +107,30 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
     demo.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
     demo.set_defaults(handler=_run_demo)
+
+    curate = commands.add_parser(
+        "curate",
+        help="compare curation strategies over rounds of train -> score -> acquire (Algorithm 1)",
+        description=(
+            "Run curation rounds for several strategies and seeds, on the synthetic task (default) or on your "
+            "files, and write test accuracy against the number of training examples (curation.md, curation.png, "
+            "curation.json). Rerunning with the same --output resumes an interrupted run."
+        ),
+    )
+    curate.add_argument("--output", type=Path, default=Path("runs/curate"))
+    curate.add_argument("--strategies", nargs="+", metavar="NAME", help="premem iid random high_loss low_accuracy")
+    curate.add_argument("--seeds", nargs="+", type=int, metavar="SEED")
+    curate.add_argument("--rounds", type=int)
+    curate.add_argument("--initial-size", type=int, help="initial training examples (synthetic task)")
+    curate.add_argument("--acquire", type=int, help="pool examples acquired per round")
+    curate.add_argument("--threshold", type=float, help="t of Algorithm 1 (default 0.5)")
+    curate.add_argument("--epochs", type=int, help="training epochs per round")
+    curate.add_argument("--train", type=Path, help="initial training examples (JSONL: id, question, solution, group)")
+    curate.add_argument("--pool", type=Path, help="candidate pool (same fields)")
+    curate.add_argument("--test", type=Path, help="test examples (JSONL: question, solution)")
+    curate.add_argument("--group-key", help="the field that says which examples are alike (default: template)")
+    curate.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
+    curate.set_defaults(handler=_run_curate)
     return parser
 
 
@@ -121,6 +176,64 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_report(args: argparse.Namespace) -> int:
+    from lightning_premem.analysis import build_report, write_report
+    from lightning_premem.history import load_run_histories
+
+    if args.calibrate and args.no_calibration:
+        raise ValueError("--calibrate needs the calibration; drop --no-calibration.")
+    threshold, origin = None, None
+    if args.threshold is not None:
+        threshold, origin = args.threshold, "--threshold"
+    elif args.loglog_threshold is not None:
+        threshold = loglog_threshold_to_perplexity(args.loglog_threshold)
+        origin = f"exp(exp({args.loglog_threshold}))"
+    runs = load_run_histories(args.paths)
+    result = build_report(
+        runs,
+        threshold=threshold,
+        threshold_origin=origin,
+        calibrate=not args.no_calibration,
+        use_calibrated=args.calibrate,
+        fit_fraction=args.fit_fraction,
+        seed=args.seed,
+    )
+    path = write_report(result, args.output, figures=not args.no_figures)
+    if args.json:
+        print(json.dumps({**result, "report": str(path)}))
+    else:
+        print(_format_report(result, path))
+    return 0
+
+
+def _format_report(result: dict[str, Any], path: Path) -> str:
+    lines = [
+        f"{result['num_runs']} run(s); memorized iff perplexity <= p = {result['threshold']:.4f} "
+        f"({result['threshold_origin']})",
+        "R² of test accuracy:",
+    ]
+    for name, value in result["r2"].items():
+        points = result["num_points"][name]
+        lines.append(f"  {name:<26} {_fmt(value, 3) if value is not None else 'n/a':>6}  ({points} checkpoints)")
+    calibration = result["calibration"]
+    if calibration is not None and calibration.get("threshold") is not None:
+        held = calibration.get("held_out_r2")
+        lines.append(
+            f"calibrated p = {calibration['threshold']:.4f} on {calibration['target']} ({calibration['split']}); "
+            f"fit R² {_fmt(calibration['fit_r2'], 3)}"
+            + (f", held-out R² {_fmt(held, 3)}" if calibration["held_out_runs"] else "")
+        )
+    elif calibration is not None:
+        lines.append(f"calibration skipped: {calibration['skipped']}")
+    for relation in result["robustness"]:
+        lines.append(
+            f"robustness {relation['run']}: Spearman(pre-memorization accuracy, accuracy drop) = "
+            f"{_fmt(relation['spearman'], 3)}"
+        )
+    lines.append(f"report: {path}")
+    return "\n".join(lines)
+
+
 def _run_fit(cli_args: list[str]) -> int:
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -141,6 +254,53 @@ def _run_fit(cli_args: list[str]) -> int:
         auto_configure_optimizers=False,
     )
     return 0
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lightning_premem.acquisition import QUICK, CurationConfig, run_curation, synthetic_curation_data
+
+    config = QUICK if args.quick else CurationConfig()
+    overrides = {
+        "strategies": None if args.strategies is None else tuple(args.strategies),
+        "seeds": None if args.seeds is None else tuple(args.seeds),
+        "rounds": args.rounds,
+        "initial_size": args.initial_size,
+        "acquire_per_round": args.acquire,
+        "threshold": args.threshold,
+        "epochs": args.epochs,
+        "group_key": args.group_key,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    files = (args.train, args.pool, args.test)
+    if any(files) and not all(files):
+        raise ValueError("pass --train, --pool and --test together (or none of them, for the synthetic task).")
+    if all(files):
+        train, pool, test = (_read_jsonl(path) for path in files)
+    else:
+        train, pool, test = synthetic_curation_data(
+            config, pool_size=200 if args.quick else 3000, test_size=16 if args.quick else 300
+        )
+    state = run_curation(args.output, train, pool, test, config)
+    print(f"curation: {args.output / 'curation.md'} ({len(state['runs'])} runs)")
+    return 0
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}).") from None
+    if not rows:
+        raise ValueError(f"{path}: no examples.")
+    for index, row in enumerate(rows):
+        row.setdefault("id", index)
+    return rows
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,316 @@
+"""Curation rounds (Algorithm 1 of Kang et al.) for several strategies and seeds: ``premem curate``.
+
+Each (strategy, seed) run starts from the same initial training set and, for ``rounds`` rounds,
+trains a model from scratch with :class:`~lightning_premem.PreMemorizationCallback`, records the
+test accuracy of its last probe against the number of training examples, then acquires
+``acquire_per_round`` candidate-pool examples chosen by the strategy
+(:func:`~lightning_premem.curation.select_for_acquisition`) and adds them. Every finished round is
+written to ``curation.json`` at once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L  # noqa: N812  (the library's own convention)
+
+from lightning_premem.callback import PreMemorizationCallback, _atomic_write
+from lightning_premem.curation import STRATEGIES, select_for_acquisition
+from lightning_premem.data import ReasoningDataModule
+from lightning_premem.module import CausalLMModule
+from lightning_premem.synthetic import TEMPLATES, ArithmeticTask
+
+__all__ = ["CurationConfig", "run_curation", "synthetic_curation_data"]
+
+_FIELDS = {"question": "question", "solution": "solution", "id": "id"}
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Settings of a curation comparison (defaults: a small synthetic study, roughly 10-20 min a run on CPU)."""
+
+    strategies: tuple[str, ...] = STRATEGIES
+    seeds: tuple[int, ...] = (0,)
+    rounds: int = 3
+    """Training rounds per run (acquisitions happen between them)."""
+    initial_size: int = 200
+    acquire_per_round: int = 200
+    threshold: float = 0.5
+    """``t`` of Algorithm 1: examples whose score is below it are the ones to find more of."""
+    epochs: int = 30
+    probe_every_n_epochs: int = 10
+    max_probe_examples: int = 300
+    num_samples: int = 4
+    max_new_tokens: int = 48
+    batch_size: int = 32
+    learning_rate: float = 1e-2
+    memorization_threshold: float = 1.155
+    """Perplexity ``p`` of the callback (the demo's value for the synthetic task)."""
+    model: Mapping[str, Any] | str = field(
+        default_factory=lambda: {
+            "model_type": "gpt2",
+            "n_layer": 3,
+            "n_embd": 96,
+            "n_head": 3,
+            "n_positions": 128,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        }
+    )
+    """A from-scratch config mapping, or a local path / hub name of a pretrained causal LM."""
+    tokenizer: str = "char"
+    group_key: str = "template"
+    answer_kind: str = "gsm8k"
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise ValueError(f"`strategies` must be a non-empty subset of {STRATEGIES}, got {self.strategies!r}.")
+        if not self.seeds:
+            raise ValueError("`seeds` must name at least one seed.")
+        for name in (
+            "rounds",
+            "initial_size",
+            "epochs",
+            "probe_every_n_epochs",
+            "max_probe_examples",
+            "num_samples",
+            "max_new_tokens",
+            "batch_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        if self.acquire_per_round < 0:
+            raise ValueError(f"`acquire_per_round` must be >= 0, got {self.acquire_per_round!r}.")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"`threshold` must be in [0, 1], got {self.threshold!r}.")
+
+
+QUICK = CurationConfig(
+    strategies=("premem", "iid"),
+    rounds=2,
+    initial_size=16,
+    acquire_per_round=8,
+    epochs=2,
+    probe_every_n_epochs=1,
+    max_probe_examples=16,
+    num_samples=1,
+    max_new_tokens=16,
+    batch_size=8,
+    model={"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128},
+)
+
+
+def synthetic_curation_data(
+    config: CurationConfig, *, pool_size: int = 3000, test_size: int = 300, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Make an initial training set, a candidate pool and a test set from the synthetic task, all templates mixed.
+
+    Every template of :data:`~lightning_premem.synthetic.TEMPLATES` (from 2-step to 4-step problems) is in
+    play, so strategies differ in which skills they acquire. No problem appears twice across the three sets.
+    """
+    task = ArithmeticTask(templates=tuple(TEMPLATES), trace_diversity=3)
+    train = task.generate(config.initial_size, seed=seed, unique=True)
+    pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=train, unique=True)
+    test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*train, *pool], unique=True)
+    return train, pool, test
+
+
+def run_curation(
+    output: str | Path,
+    train: Sequence[Mapping[str, Any]],
+    pool: Sequence[Mapping[str, Any]],
+    test: Sequence[Mapping[str, Any]],
+    config: CurationConfig | None = None,
+) -> dict[str, Any]:
+    """Run the curation rounds for every strategy and seed; write ``curation.json``, ``curation.md`` and a plot.
+
+    Args:
+        output: the folder; an existing ``curation.json`` made with the same data and settings is resumed.
+        train: the initial training examples (``id``, ``question``, ``solution`` and ``config.group_key``).
+        pool: candidate examples, disjoint from ``train`` (same fields).
+        test: held-out examples for test accuracy.
+        config: the settings.
+
+    Returns:
+        ``{"config", "runs": {"<strategy>/<seed>": [{"round", "num_train", "test_accuracy", "acquired"}]}}``.
+    """
+    config = config or CurationConfig()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    train, pool, test = [dict(r) for r in train], [dict(r) for r in pool], [dict(r) for r in test]
+    ids = [int(r["id"]) for r in [*train, *pool]]
+    if len(set(ids)) != len(ids):
+        raise ValueError("training and pool examples must have distinct ids (an id names one example).")
+    needed = config.acquire_per_round * (config.rounds - 1)
+    if needed > len(pool):
+        raise ValueError(
+            f"{config.rounds - 1} acquisitions of {config.acquire_per_round} need {needed} pool examples, the pool "
+            f"has {len(pool)}: enlarge the pool or lower acquire_per_round / rounds."
+        )
+    state_path = output / "curation.json"
+    fingerprint = _fingerprint(config, train, pool, test)
+    state: dict[str, Any] = {"fingerprint": fingerprint, "config": _jsonable(config), "runs": {}}
+    if state_path.exists():
+        saved = json.loads(state_path.read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"{state_path} holds a curation run with other data or settings: use another --output folder, or "
+                "delete the file to start over."
+            )
+        state = saved
+    by_id = {int(r["id"]): r for r in [*train, *pool]}
+    started = time.perf_counter()
+    for strategy in config.strategies:
+        for seed in config.seeds:
+            key = f"{strategy}/{seed}"
+            rounds = state["runs"].setdefault(key, [])
+            current = [*train, *(by_id[i] for r in rounds for i in r["acquired"])]
+            for index in range(len(rounds), config.rounds):
+                print(f"[premem curate] {key}: round {index + 1}/{config.rounds}, {len(current)} training examples")
+                callback = _train_round(
+                    config, current, test, seed, output / "runs" / key.replace("/", "-") / str(index)
+                )
+                record: dict[str, Any] = {
+                    "round": index,
+                    "num_train": len(current),
+                    "test_accuracy": callback.history[-1]["test_accuracy"],
+                    "acquired": [],
+                }
+                if index < config.rounds - 1 and config.acquire_per_round:
+                    taken = {int(r["id"]) for r in current}
+                    candidates = [r for r in pool if int(r["id"]) not in taken]
+                    chosen = select_for_acquisition(
+                        strategy,  # type: ignore[arg-type]
+                        current,
+                        candidates,
+                        config.acquire_per_round,
+                        scores=_scores(callback),
+                        group_key=config.group_key,
+                        threshold=config.threshold,
+                        seed=seed * 1000 + index,
+                    )
+                    record["acquired"] = [int(r["id"]) for r in chosen]
+                    current = [*current, *chosen]
+                rounds.append(record)
+                _atomic_write(state_path, json.dumps(state, indent=1).encode())
+    state["seconds"] = time.perf_counter() - started
+    _write_outputs(output, state, config)
+    return state
+
+
+def _train_round(
+    config: CurationConfig,
+    train: Sequence[Mapping[str, Any]],
+    test: Sequence[Mapping[str, Any]],
+    seed: int,
+    folder: Path,
+) -> PreMemorizationCallback:
+    L.seed_everything(seed, verbose=False)
+    data = ReasoningDataModule(
+        train,
+        test=test,
+        fields=_FIELDS,
+        tokenizer=config.tokenizer,
+        batch_size=config.batch_size,
+        max_length=128 if config.tokenizer == "char" else 512,
+        answer_kind=config.answer_kind,  # type: ignore[arg-type]
+        seed=seed,
+    )
+    model = CausalLMModule(
+        dict(config.model) if isinstance(config.model, Mapping) else config.model,
+        data.tokenizer,
+        learning_rate=config.learning_rate,
+        warmup_ratio=0.04,
+        betas=(0.9, 0.95),
+    )
+    callback = PreMemorizationCallback(
+        threshold=config.memorization_threshold,
+        every_n_epochs=config.probe_every_n_epochs,
+        max_examples=config.max_probe_examples,
+        num_samples=config.num_samples,
+        max_new_tokens=config.max_new_tokens,
+        answer_kind=config.answer_kind,  # type: ignore[arg-type]
+        generation_batch_size=64,
+        seed=seed,
+        history_dir=folder,
+        progress=False,
+    )
+    epochs = config.epochs - config.epochs % config.probe_every_n_epochs  # the last epoch is probed
+    trainer = L.Trainer(
+        max_epochs=max(epochs, config.probe_every_n_epochs),
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
+    trainer.fit(model, datamodule=data)
+    return callback
+
+
+def _scores(callback: PreMemorizationCallback) -> dict[int, dict[str, float]]:
+    if callback.metric is None or not callback.history:
+        raise RuntimeError("the probe never ran: raise epochs to at least probe_every_n_epochs")
+    premem = callback.metric.per_example()
+    last = callback.history[-1]
+    return {
+        example_id: {
+            "pre_memorization_accuracy": float(premem[i]),
+            "accuracy": float(last["accuracy"][i]),
+            "perplexity": float(last["perplexity"][i]),
+        }
+        for i, example_id in enumerate(callback.probed_ids)
+    }
+
+
+def _write_outputs(output: Path, state: Mapping[str, Any], config: CurationConfig) -> None:
+    from lightning_premem.plots import plot_curation
+
+    curves: dict[str, tuple[Sequence[int], Sequence[float]]] = {}
+    for strategy in config.strategies:
+        runs = [state["runs"][f"{strategy}/{seed}"] for seed in config.seeds]
+        sizes = [r["num_train"] for r in runs[0]]
+        means = [sum(run[i]["test_accuracy"] for run in runs) / len(runs) for i in range(len(sizes))]
+        curves[strategy] = (sizes, means)
+    plot_curation(curves, output / "curation.png", title=f"{len(config.seeds)} seed(s), t = {config.threshold}")
+    lines = [
+        "# Curation rounds",
+        "",
+        f"Strategies {', '.join(config.strategies)}; seeds {list(config.seeds)}; {config.rounds} rounds from "
+        f"{config.initial_size} examples, +{config.acquire_per_round} per round; threshold t = {config.threshold}.",
+        "",
+        "![test accuracy against training examples](curation.png)",
+        "",
+        "| strategy | " + " | ".join(f"n = {n}" for n in next(iter(curves.values()))[0]) + " |",
+        "| --- | " + " | ".join("---:" for _ in next(iter(curves.values()))[0]) + " |",
+        *(f"| {s} | " + " | ".join(f"{a:.3f}" for a in means) + " |" for s, (_, means) in curves.items()),
+        "",
+        "Mean test accuracy over seeds after each round's training. Raw records: `curation.json`.",
+        "",
+    ]
+    (output / "curation.md").write_text("\n".join(lines))
+
+
+def _fingerprint(config: CurationConfig, *rows: Sequence[Mapping[str, Any]]) -> str:
+    digest = hashlib.sha256(json.dumps(_jsonable(config), sort_keys=True).encode())
+    for group in rows:
+        digest.update(json.dumps([[r.get("id"), r.get("question"), r.get("solution")] for r in group]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _jsonable(config: CurationConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=list))  # type: ignore[no-any-return]

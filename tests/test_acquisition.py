@@ -1,0 +1,61 @@
+"""`premem curate`: curation rounds per strategy and seed, outputs, resume, user files."""
+
+import dataclasses
+import json
+
+import pytest
+
+from lightning_premem.acquisition import QUICK, run_curation, synthetic_curation_data
+from lightning_premem.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_curation_outputs_and_resume(tmp_path, capsys):
+    assert main(["curate", "--quick", "--output", str(tmp_path)]) == 0
+    state = json.loads((tmp_path / "curation.json").read_text())
+    assert set(state["runs"]) == {"premem/0", "iid/0"}
+    train, pool, _ = synthetic_curation_data(QUICK, pool_size=200, test_size=16)
+    pool_ids, train_ids = {r["id"] for r in pool}, {r["id"] for r in train}
+    for rounds in state["runs"].values():
+        assert [r["num_train"] for r in rounds] == [16, 24]
+        acquired = rounds[0]["acquired"]
+        assert len(set(acquired)) == 8 and set(acquired) <= pool_ids and not set(acquired) & train_ids
+        assert rounds[1]["acquired"] == []  # no acquisition after the last round
+        assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rounds)
+    assert (tmp_path / "curation.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| premem |" in (tmp_path / "curation.md").read_text()
+
+    # an interruption after premem's first round: the rerun redoes only what is missing, identically
+    interrupted = json.loads(json.dumps(state))
+    interrupted["runs"]["premem/0"] = interrupted["runs"]["premem/0"][:1]
+    del interrupted["runs"]["iid/0"]
+    (tmp_path / "curation.json").write_text(json.dumps(interrupted))
+    assert main(["curate", "--quick", "--output", str(tmp_path)]) == 0
+    resumed = json.loads((tmp_path / "curation.json").read_text())
+    assert resumed["runs"] == state["runs"]
+
+
+def test_other_settings_do_not_resume_a_run(tmp_path):
+    train, pool, test = synthetic_curation_data(QUICK, pool_size=60, test_size=4)
+    run_curation(tmp_path, train, pool, test, dataclasses.replace(QUICK, strategies=("random",), rounds=1))
+    with pytest.raises(ValueError, match="other data or settings"):
+        run_curation(tmp_path, train, pool, test, dataclasses.replace(QUICK, strategies=("random",), rounds=2))
+
+
+def test_user_files_and_errors(tmp_path, capsys):
+    train, pool, test = synthetic_curation_data(QUICK, pool_size=40, test_size=4)
+    paths = {}
+    for name, rows in (("train", train), ("pool", pool), ("test", test)):
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["curate", "--quick", "--strategies", "low_accuracy", "--output", str(tmp_path / "out")]
+    files = ["--train", str(paths["train"]), "--pool", str(paths["pool"]), "--test", str(paths["test"])]
+    assert main([*args, *files]) == 0
+    assert set(json.loads((tmp_path / "out" / "curation.json").read_text())["runs"]) == {"low_accuracy/0"}
+    assert main([*args, "--train", str(paths["train"])]) == 2
+    assert "--train, --pool and --test together" in capsys.readouterr().err
+    assert main([*args, *files, "--acquire", "500", "--output", str(tmp_path / "big")]) == 2
+    assert "need 500 pool examples, the pool has 40" in capsys.readouterr().err
+    assert main([*args, *files, "--strategies", "bald"]) == 2
+    assert "strategies" in capsys.readouterr().err
