@@ -155,6 +155,20 @@ class CuratedDataModule(ReasoningDataModule):
         self._sampler: _WeightedEpochSampler | None = None
         self._pending_sampler_state: dict[str, Any] | None = None
 
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits; under ``Trainer.fit`` also check that someone will send scores."""
+        super().setup(stage)
+        trainer = getattr(self, "trainer", None)
+        if stage == "fit" and trainer is not None:
+            from lightning_premem.callback import PreMemorizationCallback
+
+            if not any(isinstance(c, PreMemorizationCallback) for c in trainer.callbacks):
+                raise ValueError(
+                    "CuratedDataModule samples by the scores PreMemorizationCallback sends after each probe round, "
+                    "and this Trainer has none: add Trainer(callbacks=[PreMemorizationCallback(...)]), or use "
+                    "ReasoningDataModule for uniform shuffling."
+                )
+
     @property
     def weights(self) -> Tensor:
         """``[N]`` sampling probabilities of the training examples, in ``train_rows`` order."""

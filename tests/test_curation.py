@@ -238,3 +238,19 @@ def test_deterministic_under_a_seed():
 def test_acquisition_errors(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         select_for_acquisition(*args, **kwargs)
+
+
+def test_fit_without_the_callback_is_an_error(tmp_path):
+    tok = tokenizer()
+    dm = CuratedDataModule(examples(4), fields=FIELDS, tokenizer=tok, batch_size=2)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(ValueError, match="this Trainer has none: add Trainer"):
+        trainer.fit(module(tok), datamodule=dm)
