@@ -53,8 +53,9 @@ def sampling_weights(scores: Tensor, *, temperature: float = 0.25, floor: float 
     Example:
         >>> sampling_weights(torch.tensor([0.0, 1.0]), temperature=1.0, floor=0.0)
         tensor([0.7311, 0.2689], dtype=torch.float64)
-        >>> sampling_weights(torch.tensor([0.0, float("nan"), 1.0]), temperature=1.0, floor=0.0)[1].item()
-        0.3333333333333333
+        >>> w = sampling_weights(torch.tensor([0.0, float("nan"), 1.0]), temperature=1.0, floor=0.0)  # NaN -> 0.5
+        >>> round(w[1].item(), 4)  # e^-0.5 / (1 + e^-0.5 + e^-1)
+        0.3072
     """
     if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"`temperature` must be a positive number, got {temperature!r}.")
