@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -41,6 +42,11 @@ __all__ = [
 DEFAULT_STOP = "\nDone."
 
 _MASK64 = (1 << 64) - 1
+
+#: ``target_perplexity`` caps its token budget at this on a CPU model (None: no cap). Measured on
+#: 2 CPU cores with 0.5-1 M-parameter GPT-2s (docs/performance.md): padded batches beyond ~2k
+#: tokens fall out of cache and get slower per token than batch 1 on ~600-token sequences.
+_CPU_MAX_BATCH_TOKENS: int | None = 2048
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +116,10 @@ def target_perplexity(
 
     Batching: the pairs are sorted by total length (longest first) and packed greedily into
     batches whose padded size ``rows x longest sequence`` stays within ``max_batch_tokens`` (a
-    sequence longer than the budget goes alone). Sequences are RIGHT-padded with
+    sequence longer than the budget goes alone). On a CPU model the budget is capped at 2048
+    tokens: larger padded batches fall out of cache and run slower per token (see
+    ``docs/performance.md``). Hugging Face models that take ``logits_to_keep`` skip the LM head
+    on the leading positions that no row of the batch scores. Sequences are RIGHT-padded with
     ``pad_token_id`` and the padding is not masked: under causal attention a target token's
     logits depend only on the tokens before it, never on padding to its right. Models whose
     ``forward`` takes an ``attention_mask`` get an all-ones one (Hugging Face's causal-mask code
@@ -130,8 +139,9 @@ def target_perplexity(
             both non-empty.
         pad_token_id: id used to right-pad (e.g. ``tokenizer.pad_token_id``, or the EOS id when
             the tokenizer has no pad token).
-        max_batch_tokens: token budget of one forward pass (padded batch size x longest sequence).
-            The logits of a batch take about ``max_batch_tokens x vocab`` floats of memory.
+        max_batch_tokens: token budget of one forward pass (padded batch size x longest sequence;
+            at most 2048 on CPU). The logits of a batch take about ``max_batch_tokens x vocab``
+            floats of memory.
         progress: called after each batch with the number of examples that batch completed (an
             increment, as ``tqdm.update`` takes).
 
@@ -179,10 +189,14 @@ def target_perplexity(
     if not lengths:
         return torch.empty(0, dtype=torch.float32)
 
-    batches = _token_budget_batches(lengths, max_batch_tokens)
     device = _model_device(model)
+    if device.type == "cpu" and _CPU_MAX_BATCH_TOKENS is not None:
+        max_batch_tokens = min(max_batch_tokens, _CPU_MAX_BATCH_TOKENS)
+    batches = _token_budget_batches(lengths, max_batch_tokens)
     forward_kwargs: dict[str, Any] = {"use_cache": False} if _is_hf_model(model) else {}
     pass_mask = bool(forward_kwargs) or _accepts_argument(model, "attention_mask")
+    # Hugging Face models can skip the LM head on the leading positions no row scores.
+    trim_logits = bool(forward_kwargs) and _declares_argument(model, "logits_to_keep")
     values = [0.0] * len(lengths)
     with _eval_mode(model), torch.inference_mode():
         for batch in batches:
@@ -203,9 +217,18 @@ def target_perplexity(
                 # All ones: the padding sits after every scored token, so it needs no masking; a
                 # mask (rather than none) keeps Hugging Face from warning about possible padding.
                 forward_kwargs["attention_mask"] = torch.ones_like(input_ids)
+            offset = 0
+            if trim_logits:
+                offset = min(len(prompts[i]) for i in batch) - 1  # the first position any row scores
+                forward_kwargs["logits_to_keep"] = width - offset
             logits = _logits(model(input_ids=input_ids, **forward_kwargs))
+            if logits.shape[1] != width - offset:
+                raise TypeError(
+                    f"The model returned logits for {logits.shape[1]} positions, expected {width - offset}."
+                )
             row_index = torch.tensor(rows, dtype=torch.long, device=logits.device)
-            scored = logits[row_index, torch.tensor(positions, dtype=torch.long, device=logits.device)].float()
+            columns = torch.tensor(positions, dtype=torch.long, device=logits.device) - offset
+            scored = logits[row_index, columns].float()
             token_nll = torch.nn.functional.cross_entropy(
                 scored, torch.tensor(labels, dtype=torch.long, device=logits.device), reduction="none"
             )
@@ -476,6 +499,7 @@ class _SeededSampling(LogitsProcessor):
 
     def __init__(self, keys: Sequence[int], temperature: float, top_p: float, *, prompt_width: int) -> None:
         self.keys = list(keys)
+        self._keys = np.array(self.keys, dtype=np.uint64)
         self.temperature = temperature
         self.top_p = top_p
         self.prompt_width = prompt_width
@@ -487,7 +511,7 @@ class _SeededSampling(LogitsProcessor):
                 "per-row random streams need every row at every step (no beam search, no dropped rows)."
             )
         step = input_ids.shape[1] - self.prompt_width
-        uniforms = torch.tensor([_uniform(key, step) for key in self.keys], dtype=torch.float64)
+        uniforms = torch.from_numpy(_uniforms(self._keys, step))
         tokens = _sample_top_p(scores, self.temperature, self.top_p, uniforms.to(scores.device))
         chosen = torch.full_like(scores, -math.inf)
         chosen.scatter_(1, tokens[:, None], 0.0)
@@ -515,30 +539,74 @@ def _sample_top_p(scores: Tensor, temperature: float, top_p: float, uniforms: Te
 class _StopString(StoppingCriteria):
     """Finish a row once its decoded completion contains ``stop`` (works for multi-token stops).
 
-    The check decodes each unfinished row's generated ids exactly as the completion is finally
-    decoded, so a row stops iff its returned text would contain the stop string.
+    A full decode of a row's generated ids (exactly as the completion is finally decoded) runs
+    only when its newest token is a *trigger*: a token whose text on its own contains the stop
+    string's last character, decodes to nothing, or holds a partial character (U+FFFD). Other
+    steps cost a few tensor operations for the whole batch, not a decode per row: the stop
+    string can only be completed by a token that writes its last character. Missing a stop here
+    would only make a row run longer (completions are cut before ``stop`` anyway, and a row's
+    random stream does not depend on when it stops); a row is never stopped before its decoded
+    text contains ``stop``.
     """
 
-    def __init__(self, tokenizer: Any, stop: str, eos_ids: Sequence[int], *, prompt_width: int, rows: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        stop: str,
+        eos_ids: Sequence[int],
+        *,
+        prompt_width: int,
+        rows: int,
+        triggers: Tensor | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.eos_ids = eos_ids
         self.prompt_width = prompt_width
-        self.done = [False] * rows
+        self.triggers = _trigger_tokens(tokenizer, stop) if triggers is None else triggers
+        self.done = torch.zeros(rows, dtype=torch.bool)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        generated = input_ids[:, self.prompt_width :].tolist()
-        pending = [row for row, done in enumerate(self.done) if not done]
-        # Rows that reached EOS are finished by generate itself; only the others need decoding.
-        finished = [row for row in pending if any(token in self.eos_ids for token in generated[row])]
-        for row in finished:
-            self.done[row] = True
-        pending = [row for row in pending if not self.done[row]]
-        if pending:
-            texts = self.tokenizer.batch_decode([generated[row] for row in pending], skip_special_tokens=True)
-            for row, text in zip(pending, texts, strict=True):
+        if input_ids.shape[1] <= self.prompt_width:
+            return self.done.to(input_ids.device)  # type: ignore[return-value]  # a BoolTensor at runtime
+        last = input_ids[:, -1].cpu()
+        # Rows that reached EOS are finished by generate itself; only the others need checking.
+        if self.eos_ids:
+            self.done |= torch.isin(last, torch.tensor(list(self.eos_ids), dtype=last.dtype))
+        known = last < self.triggers.numel()
+        trigger = ~known  # ids beyond the tokenizer's vocabulary: check them the slow way
+        trigger[known] = self.triggers[last[known]]
+        check = (trigger & ~self.done).nonzero().flatten().tolist()
+        if check:
+            generated = input_ids[check, self.prompt_width :].tolist()
+            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for row, text in zip(check, texts, strict=True):
                 self.done[row] = self.stop in text
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+        return self.done.to(input_ids.device)  # type: ignore[return-value]  # a BoolTensor at runtime
+
+
+_TRIGGER_CACHE: dict[tuple[int, int, str], tuple[Any, Tensor]] = {}
+
+
+def _trigger_tokens(tokenizer: Any, stop: str) -> Tensor:
+    """``[vocab]`` bool: the tokens after which the stop check decodes the row (see :class:`_StopString`).
+
+    A token triggers when its text alone contains ``stop[-1]``, is empty (special tokens, pieces
+    that only make sense joined) or contains U+FFFD (a byte of a multi-byte character). Cached
+    per tokenizer object, its size and the stop string.
+    """
+    size = len(tokenizer)
+    key = (id(tokenizer), size, stop)
+    cached = _TRIGGER_CACHE.get(key)
+    if cached is not None and cached[0] is tokenizer:
+        return cached[1]
+    pieces = tokenizer.batch_decode([[token] for token in range(size)], skip_special_tokens=True)
+    last = stop[-1]
+    flags = torch.tensor([not piece or last in piece or "\ufffd" in piece for piece in pieces], dtype=torch.bool)
+    if len(_TRIGGER_CACHE) >= 8:
+        _TRIGGER_CACHE.clear()
+    _TRIGGER_CACHE[key] = (tokenizer, flags)
+    return flags
 
 
 def _generation_config(max_new_tokens: int, pad_id: int, eos_ids: Sequence[int]) -> GenerationConfig:
@@ -596,6 +664,22 @@ def _mix64(value: int) -> int:
     value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
     return value ^ (value >> 31)
+
+
+def _mix64_array(values: np.ndarray) -> np.ndarray:
+    """:func:`_mix64` of each element of a ``uint64`` array (numpy wraps ``uint64`` arithmetic mod 2**64)."""
+    values = values + np.uint64(0x9E3779B97F4A7C15)
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    mixed: np.ndarray = values ^ (values >> np.uint64(31))
+    return mixed
+
+
+def _uniforms(keys: np.ndarray, step: int) -> np.ndarray:
+    """:func:`_uniform` of each key of a ``uint64`` array at ``step``, as ``float64``: one vectorised pass."""
+    mixed = _mix64_array(keys ^ np.uint64(_mix64(step & _MASK64)))
+    uniforms: np.ndarray = (mixed >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return uniforms
 
 
 def _row_key(seed: int, sample_index: int) -> int:
@@ -662,6 +746,14 @@ def _accepts_argument(model: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _declares_argument(model: Any, name: str) -> bool:
+    """Whether ``model.forward`` names the parameter ``name`` explicitly (not only via ``**kwargs``)."""
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def _model_config(model: Any) -> Any:

@@ -586,3 +586,101 @@ def test_top_p_sampling_distribution():
     tokens = probes._sample_top_p(torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(20_000, 1), 1.0, 1.0, draws)
     freq = torch.bincount(tokens, minlength=3).double() / len(tokens)
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.015, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Fast paths (see docs/performance.md)
+# --------------------------------------------------------------------------------------------
+
+
+def test_vectorised_uniforms_equal_the_scalar_hash():
+    import numpy as np
+
+    rng = random.Random(0)
+    keys = [probes._row_key(rng.getrandbits(64), j) for j in range(50)] + [0, 2**64 - 1]
+    for step in [0, 1, 47, 2**31, 2**64 - 1]:
+        got = probes._uniforms(np.array(keys, dtype=np.uint64), step)
+        assert got.dtype == np.float64
+        assert got.tolist() == [probes._uniform(key, step) for key in keys]
+
+
+def test_stop_triggers_are_the_tokens_that_can_complete_the_stop(tok):
+    triggers = probes._trigger_tokens(tok, DEFAULT_STOP)
+    assert triggers.shape == (len(tok),) and triggers.dtype == torch.bool
+    ids = {c: tok.convert_tokens_to_ids(c) for c in ".a7\n"}
+    assert triggers[ids["."]] and not triggers[ids["a"]] and not triggers[ids["7"]] and not triggers[ids["\n"]]
+    assert all(triggers[[tok.pad_token_id, tok.eos_token_id, tok.bos_token_id]])  # decode to nothing
+    assert probes._trigger_tokens(tok, DEFAULT_STOP) is triggers  # cached
+
+
+def test_stop_check_decodes_only_after_trigger_tokens(tok):
+    decoded: list[int] = []
+
+    class Counting:
+        def batch_decode(self, ids, **kwargs):
+            decoded.append(len(ids))
+            return tok.batch_decode(ids, **kwargs)
+
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt = enc("ab")
+    rows = [enc("1+1=2\nDone.xyz"), enc("3\nDone?.\nDone.")]
+    triggers = probes._trigger_tokens(tok, DEFAULT_STOP)
+    criterion = probes._StopString(
+        Counting(), DEFAULT_STOP, [tok.eos_token_id], prompt_width=2, rows=2, triggers=triggers
+    )
+    stops = []
+    for t in range(1, 15):
+        input_ids = torch.tensor([prompt + row[:t] for row in rows])
+        stops.append(criterion(input_ids, None).tolist())
+    # Row 0 stops once "\nDone." is complete (after 11 tokens), row 1 after its second "\nDone." (14).
+    assert [s[0] for s in stops] == [t >= 11 for t in range(1, 15)]
+    assert [s[1] for s in stops] == [t >= 14 for t in range(1, 15)]
+    # Decodes only at "." tokens of unfinished rows: row 0 at t=11, row 1 at t=8 and t=14.
+    assert sum(decoded) == 3
+
+
+def test_stop_check_finishes_rows_at_eos(tok):
+    eos = tok.eos_token_id
+    criterion = probes._StopString(tok, DEFAULT_STOP, [eos], prompt_width=1, rows=2)
+    assert criterion(torch.tensor([[5, 6], [5, eos]]), None).tolist() == [False, True]
+    assert criterion(torch.tensor([[5, 6, 7], [5, eos, 0]]), None).tolist() == [False, True]
+
+
+def test_perplexity_skips_the_lm_head_on_unscored_positions(model, pairs, reference):
+    seen: list[tuple[int, int]] = []
+    original = model.forward
+
+    def spy(input_ids=None, logits_to_keep=0, **kwargs):
+        out = original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        seen.append((logits_to_keep, out.logits.shape[1]))
+        return out
+
+    model.forward = spy
+    try:
+        got = target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=300)
+    finally:
+        del model.forward
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=0)
+    assert seen and all(keep == width for keep, width in seen)
+    longest_prompt_first = [len(p) for p, _ in pairs]
+    assert any(keep < max(longest_prompt_first) for keep, _ in seen)
+
+
+def test_perplexity_budget_is_capped_on_cpu(model, pairs, reference, monkeypatch):
+    widths: list[int] = []
+    original = model.forward
+
+    def spy(input_ids=None, logits_to_keep=0, **kwargs):
+        widths.append(input_ids.numel())
+        return original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(probes, "_CPU_MAX_BATCH_TOKENS", 100)
+    got = target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=10**9)
+    longest = max(len(p) + len(t) for p, t in pairs)
+    assert len(widths) > 1 and all(n <= max(100, longest) for n in widths)
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=0)
+    monkeypatch.setattr(probes, "_CPU_MAX_BATCH_TOKENS", None)
+    widths.clear()
+    target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=10**9)
+    assert len(widths) == 1  # uncapped: one batch
