@@ -40,9 +40,9 @@ class DemoConfig:
 
     train_size: int = 500
     """Training problems (few: the model memorizes them)."""
-    test_size: int = 300
+    test_size: int = 200
     """Fresh test problems (never in the training set)."""
-    probe_size: int = 300
+    probe_size: int = 200
     """Training problems probed each round (a fixed, seeded subset)."""
     epochs: int = 80
     """Training epochs (1,280 optimizer steps at the defaults)."""

@@ -163,7 +163,8 @@ def plot_dynamics(
         ppl, aspect="auto", cmap="magma_r", norm=LogNorm(vmin=1.0, vmax=upper), interpolation="nearest"
     )
     fig.colorbar(shown, ax=right, label="target perplexity")
-    right.contour(ppl <= threshold, levels=[0.5], colors="cyan", linewidths=0.8)
+    if ppl.shape[1] > 1 and ppl.shape[0] > 1:  # a contour needs a 2-D grid
+        right.contour(ppl <= threshold, levels=[0.5], colors="cyan", linewidths=0.8)
     for ax, name in ((left, "accuracy"), (right, f"perplexity (cyan: <= {threshold:.3g}, memorized)")):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
