@@ -24,6 +24,7 @@ import lightning as L  # noqa: N812  (the library's own convention)
 from lightning_premem.callback import PreMemorizationCallback, _atomic_write
 from lightning_premem.curation import STRATEGIES, select_for_acquisition
 from lightning_premem.data import ReasoningDataModule
+from lightning_premem.demo import gpt_config
 from lightning_premem.module import CausalLMModule
 from lightning_premem.synthetic import TEMPLATES, ArithmeticTask
 
@@ -53,18 +54,7 @@ class CurationConfig:
     learning_rate: float = 1e-2
     memorization_threshold: float = 1.155
     """Perplexity ``p`` of the callback (the demo's value for the synthetic task)."""
-    model: Mapping[str, Any] | str = field(
-        default_factory=lambda: {
-            "model_type": "gpt2",
-            "n_layer": 3,
-            "n_embd": 96,
-            "n_head": 3,
-            "n_positions": 128,
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
-        }
-    )
+    model: Mapping[str, Any] | str = field(default_factory=lambda: gpt_config(3, 96, 3))
     """A from-scratch config mapping, or a local path / hub name of a pretrained causal LM."""
     tokenizer: str = "char"
     group_key: str = "template"
@@ -106,7 +96,7 @@ QUICK = CurationConfig(
     num_samples=1,
     max_new_tokens=16,
     batch_size=8,
-    model={"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 128},
+    model=gpt_config(1, 32, 2),
 )
 
 

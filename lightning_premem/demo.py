@@ -31,7 +31,7 @@ from lightning_premem.module import CausalLMModule
 from lightning_premem.plots import plot_accuracy_curves, plot_dynamics
 from lightning_premem.synthetic import ArithmeticTask
 
-__all__ = ["DemoConfig", "demo_rows", "demo_threshold", "run_demo", "write_demo_data"]
+__all__ = ["DemoConfig", "demo_rows", "demo_threshold", "gpt_config", "run_demo", "write_demo_data"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,20 @@ QUICK = DemoConfig(
     n_embd=32,
     n_head=2,
 )
+
+
+def gpt_config(n_layer: int, n_embd: int, n_head: int, *, dropout: float = 0.0) -> dict[str, Any]:
+    """Return the config mapping of a small GPT-2 trained from scratch on character tokens (128 positions)."""
+    return {
+        "model_type": "gpt2",
+        "n_layer": n_layer,
+        "n_embd": n_embd,
+        "n_head": n_head,
+        "n_positions": 128,
+        "resid_pdrop": dropout,
+        "embd_pdrop": dropout,
+        "attn_pdrop": dropout,
+    }
 
 
 def demo_rows(config: DemoConfig) -> tuple[ArithmeticTask, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -173,16 +187,7 @@ def run_demo(
         seed=config.seed,
     )
     model = CausalLMModule(
-        {
-            "model_type": "gpt2",
-            "n_layer": config.n_layer,
-            "n_embd": config.n_embd,
-            "n_head": config.n_head,
-            "n_positions": 128,
-            "resid_pdrop": config.dropout,
-            "embd_pdrop": config.dropout,
-            "attn_pdrop": config.dropout,
-        },
+        gpt_config(config.n_layer, config.n_embd, config.n_head, dropout=config.dropout),
         "char",
         learning_rate=config.learning_rate,
         warmup_ratio=0.04,
