@@ -30,6 +30,15 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_replay(result: dict[str, Any], path: str | Path) -> Path:
     """Draw the paper's figure: pre-memorization vs test accuracy, one line per run, y = x for reference.
 
@@ -41,8 +50,6 @@ def plot_replay(result: dict[str, Any], path: str | Path) -> Path:
         The path written.
     """
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     lo, hi = 1.0, 0.0
     colors = plt.get_cmap("tab20").colors
@@ -69,10 +76,7 @@ def plot_replay(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 def plot_accuracy_curves(
@@ -94,8 +98,6 @@ def plot_accuracy_curves(
         The path written.
     """
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, values in curves.items():
         style = "--" if "memorized" in label else "-"
@@ -107,10 +109,7 @@ def plot_accuracy_curves(
     ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 def plot_dynamics(
@@ -153,8 +152,6 @@ def plot_dynamics(
         order = order[np.linspace(0, order.size - 1, max_examples).round().astype(int)]
     acc, ppl = acc[:, order].T, ppl[:, order].T
     labels = list(range(acc.shape[1])) if epochs is None else list(epochs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 5.5), sharey=True)
     shown = left.imshow(acc, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(shown, ax=left, label="sampled accuracy")
@@ -171,19 +168,7 @@ def plot_dynamics(
         ticks = np.arange(len(labels)) if len(labels) <= 12 else np.linspace(0, len(labels) - 1, 8).round().astype(int)
         ax.set_xticks(ticks, [str(labels[i]) for i in ticks])
     left.set_ylabel("training examples (sorted by final pre-memorization accuracy)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 def plot_r2_table(r2: dict[str, float | None], path: str | Path) -> Path:
@@ -332,8 +317,6 @@ def plot_curation(
         The path written.
     """
     plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for strategy, (sizes, accuracy) in curves.items():
         ax.plot(list(sizes), list(accuracy), marker="o", linewidth=2 if strategy == "premem" else 1.2, label=strategy)
@@ -343,7 +326,4 @@ def plot_curation(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
