@@ -4,6 +4,7 @@ import os
 
 import lightning as L  # noqa: N812
 import torch
+from _ddp import lightning_env
 from _tiny import FrozenModule, examples, loader, model, tokenizer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
@@ -12,18 +13,7 @@ from lightning_premem import PreMemorizationCallback
 
 
 def run(rank, world, port, out_dir):
-    os.environ.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": str(world),
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "NODE_RANK": "0",
-            "OMP_NUM_THREADS": "1",
-        }
-    )
-    torch.set_num_threads(1)
+    lightning_env(rank, world, port)
     fit(out_dir, devices=world, strategy=DDPStrategy(process_group_backend="gloo"))
 
 

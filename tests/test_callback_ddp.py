@@ -1,28 +1,20 @@
 """2-process CPU DDP (gloo): the callback's per-example values equal a single process's."""
 
-import socket
-
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from _callback_ddp_worker import fit, run
+from _ddp import spawn
 
 from lightning_premem.history import load_run_histories
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300, method="thread")]  # a hang fails
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_probe_equals_single_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     fit(str(single))
-    mp.spawn(run, args=(2, _free_port(), str(ddp)), nprocs=2, join=True)
+    spawn(run, 2, str(ddp))
     one = torch.load(single / "result.pt", weights_only=False)
     two = torch.load(ddp / "result.pt", weights_only=False)
     assert len(one["history"]) == len(two["history"]) == 2

@@ -1,25 +1,17 @@
 """CuratedDataModule under 2-process CPU DDP (gloo): the ranks split one weighted draw per epoch."""
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from _curation_ddp_worker import run
+from _ddp import spawn
 
 from lightning_premem.curation import _WeightedEpochSampler
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300, method="thread")]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ranks_share_one_weighted_draw(tmp_path):
-    mp.spawn(run, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(run, 2, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert sorted(ranks[0]["epochs"]) == [0, 1, 2]
     uniform = torch.full((10,), 0.1, dtype=torch.float64)

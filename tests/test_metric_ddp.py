@@ -1,11 +1,10 @@
 """PreMemorizationAccuracy under 2-process DDP on CPU (gloo)."""
 
 import math
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from _ddp import spawn
 from _ddp_worker import THRESHOLD, observation, run
 
 from lightning_premem import PreMemorizationAccuracy
@@ -15,16 +14,10 @@ pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300, method
 WORLD = 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(run, args=(WORLD, _free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    spawn(run, WORLD, str(out_dir))
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
