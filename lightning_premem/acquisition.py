@@ -30,6 +30,8 @@ from lightning_premem.synthetic import TEMPLATES, ArithmeticTask
 
 __all__ = ["CurationConfig", "run_curation", "synthetic_curation_data"]
 
+# settings that do not change how one round trains (they change which rounds there are)
+_NOT_TRAINING = frozenset({"strategies", "seeds", "rounds", "acquire_per_round", "threshold"})
 _FIELDS = {"question": "question", "solution": "solution", "id": "id"}
 
 
@@ -47,6 +49,9 @@ class CurationConfig:
     """``t`` of Algorithm 1: examples whose score is below it are the ones to find more of."""
     epochs: int = 30
     probe_every_n_epochs: int = 10
+    steps_per_round: int | None = None
+    """Train every round for about this many optimizer steps instead of ``epochs`` (equal compute per round,
+    whatever the training-set size): ``round(steps_per_round * batch_size / n)`` epochs, probed once at the end."""
     max_probe_examples: int = 300
     num_samples: int = 4
     max_new_tokens: int = 48
@@ -79,6 +84,12 @@ class CurationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        if self.steps_per_round is not None and (
+            isinstance(self.steps_per_round, bool)
+            or not isinstance(self.steps_per_round, int)
+            or self.steps_per_round < 1
+        ):
+            raise ValueError(f"`steps_per_round` must be a positive int or None, got {self.steps_per_round!r}.")
         if self.acquire_per_round < 0:
             raise ValueError(f"`acquire_per_round` must be >= 0, got {self.acquire_per_round!r}.")
         if not 0 <= self.threshold <= 1:
@@ -121,6 +132,8 @@ def run_curation(
     pool: Sequence[Mapping[str, Any]],
     test: Sequence[Mapping[str, Any]],
     config: CurationConfig | None = None,
+    *,
+    round_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the curation rounds for every strategy and seed; write ``curation.json``, ``curation.md`` and a plot.
 
@@ -130,6 +143,9 @@ def run_curation(
         pool: candidate examples, disjoint from ``train`` (same fields).
         test: held-out examples for test accuracy.
         config: the settings.
+        round_cache: folder of trained rounds (default ``output/rounds``): a round with the same training set,
+            test set, seed and training settings is read from it instead of trained again -- the first round is
+            the same for every strategy of a seed. Runs in other folders may share one.
 
     Returns:
         ``{"config", "runs": {"<strategy>/<seed>": [{"round", "num_train", "test_accuracy", "acquired"}]}}``.
@@ -158,6 +174,7 @@ def run_curation(
                 "delete the file to start over."
             )
         state = saved
+    cache = output / "rounds" if round_cache is None else Path(round_cache)
     by_id = {int(r["id"]): r for r in [*train, *pool]}
     started = time.perf_counter()
     for strategy in config.strategies:
@@ -167,13 +184,13 @@ def run_curation(
             current = [*train, *(by_id[i] for r in rounds for i in r["acquired"])]
             for index in range(len(rounds), config.rounds):
                 print(f"[premem curate] {key}: round {index + 1}/{config.rounds}, {len(current)} training examples")
-                callback = _train_round(
-                    config, current, test, seed, output / "runs" / key.replace("/", "-") / str(index)
+                trained = _cached_round(
+                    config, current, test, seed, output / "runs" / key.replace("/", "-") / str(index), cache
                 )
                 record: dict[str, Any] = {
                     "round": index,
                     "num_train": len(current),
-                    "test_accuracy": callback.history[-1]["test_accuracy"],
+                    "test_accuracy": trained["test_accuracy"],
                     "acquired": [],
                 }
                 if index < config.rounds - 1 and config.acquire_per_round:
@@ -184,7 +201,7 @@ def run_curation(
                         current,
                         candidates,
                         config.acquire_per_round,
-                        scores=_scores(callback),
+                        scores={int(i): v for i, v in trained["scores"].items()},
                         group_key=config.group_key,
                         threshold=config.threshold,
                         seed=seed * 1000 + index,
@@ -196,6 +213,28 @@ def run_curation(
     state["seconds"] = time.perf_counter() - started
     _write_outputs(output, state, config)
     return state
+
+
+def _cached_round(
+    config: CurationConfig,
+    train: Sequence[Mapping[str, Any]],
+    test: Sequence[Mapping[str, Any]],
+    seed: int,
+    folder: Path,
+    cache: Path,
+) -> dict[str, Any]:
+    """Train one round (or read it from ``cache``): ``{"test_accuracy", "scores": {id: {...}}}``."""
+    settings = {k: v for k, v in _jsonable(config).items() if k not in _NOT_TRAINING}
+    digest = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode())
+    _digest_rows(digest, train, test)  # in order: the order of the rows changes the batches
+    path = cache / f"{digest.hexdigest()[:20]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    callback = _train_round(config, train, test, seed, folder)
+    trained = {"test_accuracy": callback.history[-1]["test_accuracy"], "scores": _scores(callback)}
+    cache.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(trained).encode())
+    return trained
 
 
 def _train_round(
@@ -223,9 +262,10 @@ def _train_round(
         warmup_ratio=0.04,
         betas=(0.9, 0.95),
     )
+    epochs, every = _round_epochs(config, len(train))
     callback = PreMemorizationCallback(
         threshold=config.memorization_threshold,
-        every_n_epochs=config.probe_every_n_epochs,
+        every_n_epochs=every,
         max_examples=config.max_probe_examples,
         num_samples=config.num_samples,
         max_new_tokens=config.max_new_tokens,
@@ -235,9 +275,8 @@ def _train_round(
         history_dir=folder,
         progress=False,
     )
-    epochs = config.epochs - config.epochs % config.probe_every_n_epochs  # the last epoch is probed
     trainer = L.Trainer(
-        max_epochs=max(epochs, config.probe_every_n_epochs),
+        max_epochs=epochs,
         accelerator="auto",
         devices=1,
         logger=False,
@@ -250,6 +289,15 @@ def _train_round(
     )
     trainer.fit(model, datamodule=data)
     return callback
+
+
+def _round_epochs(config: CurationConfig, num_train: int) -> tuple[int, int]:
+    """``(epochs, probe every n epochs)`` of one round's training; the last epoch is always probed."""
+    if config.steps_per_round is not None:
+        epochs = max(1, round(config.steps_per_round * config.batch_size / num_train))
+        return epochs, epochs
+    every = config.probe_every_n_epochs
+    return max(config.epochs - config.epochs % every, every), every
 
 
 def _scores(callback: PreMemorizationCallback) -> dict[int, dict[str, float]]:
@@ -297,9 +345,13 @@ def _write_outputs(output: Path, state: Mapping[str, Any], config: CurationConfi
 
 def _fingerprint(config: CurationConfig, *rows: Sequence[Mapping[str, Any]]) -> str:
     digest = hashlib.sha256(json.dumps(_jsonable(config), sort_keys=True).encode())
+    _digest_rows(digest, *rows)
+    return digest.hexdigest()[:16]
+
+
+def _digest_rows(digest: Any, *rows: Sequence[Mapping[str, Any]]) -> None:
     for group in rows:
         digest.update(json.dumps([[r.get("id"), r.get("question"), r.get("solution")] for r in group]).encode())
-    return digest.hexdigest()[:16]
 
 
 def _jsonable(config: CurationConfig) -> dict[str, Any]:

@@ -59,3 +59,38 @@ def test_user_files_and_errors(tmp_path, capsys):
     assert "need 500 pool examples, the pool has 40" in capsys.readouterr().err
     assert main([*args, *files, "--strategies", "bald"]) == 2
     assert "strategies" in capsys.readouterr().err
+
+
+def test_round_length_in_epochs_or_in_steps():
+    from lightning_premem.acquisition import _round_epochs
+
+    assert _round_epochs(dataclasses.replace(QUICK, epochs=30, probe_every_n_epochs=10), 100) == (30, 10)
+    assert _round_epochs(dataclasses.replace(QUICK, epochs=25, probe_every_n_epochs=10), 100) == (20, 10)
+    assert _round_epochs(dataclasses.replace(QUICK, epochs=5, probe_every_n_epochs=10), 100) == (10, 10)
+    steps = dataclasses.replace(QUICK, steps_per_round=100, batch_size=8)  # 100 steps of 8 = 800 examples seen
+    assert _round_epochs(steps, 40) == (20, 20)
+    assert _round_epochs(steps, 80) == (10, 10)
+    assert _round_epochs(steps, 5000) == (1, 1)  # at least one epoch
+    with pytest.raises(ValueError, match="`steps_per_round` must be a positive int or None"):
+        dataclasses.replace(QUICK, steps_per_round=0)
+
+
+def test_the_shared_first_round_is_trained_once(tmp_path):
+    train, pool, test = synthetic_curation_data(QUICK, pool_size=60, test_size=4)
+    config = dataclasses.replace(QUICK, strategies=("premem", "iid", "random"))
+    state = run_curation(tmp_path, train, pool, test, config)
+    trained = sorted(p.parent.parent.name for p in tmp_path.glob("runs/*/0/history.npz"))
+    assert trained == ["premem-0"]  # iid and random read premem's first round from the cache
+    first = {key: rounds[0]["test_accuracy"] for key, rounds in state["runs"].items()}
+    assert len(set(first.values())) == 1
+    # another folder sharing the cache trains nothing for a round it holds
+    other = run_curation(
+        tmp_path / "other",
+        train,
+        pool,
+        test,
+        dataclasses.replace(config, strategies=("low_accuracy",), rounds=1),
+        round_cache=tmp_path / "rounds",
+    )
+    assert other["runs"]["low_accuracy/0"][0]["test_accuracy"] == first["premem/0"]
+    assert not (tmp_path / "other" / "runs").exists()
