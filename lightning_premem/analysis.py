@@ -627,6 +627,8 @@ def _calibration_section(
             split="validation split of questions",
             test_r2=_r2_or_none([s[0] for s in scored], [s[1] for s in scored]) if scored else None,
         )
+        if all(run.test_accuracy is not None for run in runs):  # for the figure: how test R² moves with p
+            section["curve"]["test_r2"] = _curve(runs, result.candidates, "test_accuracy")
         return section
     with_test = [run for run in runs if run.test_accuracy is not None]
     if len(with_test) < 2:

@@ -240,8 +240,8 @@ def plot_predictors(report: dict[str, Any], path: str | Path) -> Path:
 def plot_calibration(calibration: dict[str, Any], path: str | Path) -> Path:
     """Draw the calibration's sensitivity curve: R² against the threshold ``p`` (log of ``p - 1`` on x).
 
-    Draws the fit runs' R² (what chooses ``p``), the held-out runs' R² when there are any (for
-    evaluation only), and marks the chosen ``p`` and the report's reference threshold.
+    Draws the fit runs' R² (what chooses ``p``), the held-out runs' R² when there are any and the
+    test-accuracy R² of a validation-split calibration (both for evaluation only), and marks the chosen ``p`` and the report's reference threshold.
 
     Args:
         calibration: ``build_report(...)["calibration"]`` (or :meth:`Calibration.as_dict`).
@@ -262,6 +262,7 @@ def plot_calibration(calibration: dict[str, Any], path: str | Path) -> Path:
 
     draw(curve["fit_r2"], f"fit: {calibration['target']} ({len(calibration['fit_runs'])} run(s))", "-")
     draw(curve.get("held_out_r2"), f"held out ({len(calibration.get('held_out_runs') or [])} run(s))", "--")
+    draw(curve.get("test_r2"), "test accuracy, same runs (evaluation only)", ":")
     ax.axvline(
         calibration["threshold"] - 1.0, color="C3", linewidth=1, label=f"chosen p = {calibration['threshold']:.4f}"
     )

@@ -24,6 +24,7 @@ from lightning_premem.analysis import (
 from lightning_premem.cli import main
 from lightning_premem.functional import loglog_threshold_to_perplexity, pre_memorization_accuracy
 from lightning_premem.history import RunHistory, load_run_histories
+from lightning_premem.plots import plot_calibration
 
 P_GSM8K = math.exp(math.exp(-2.3))
 
@@ -100,6 +101,17 @@ def test_calibration_picks_the_known_best_threshold():
     assert result.fit_r2 == pytest.approx(1.0)
     assert result.loglog_threshold == pytest.approx(math.log(math.log(1.1)))
     assert result.held_out_r2 is None and result.held_out_runs == ()
+
+
+def test_validation_calibration_also_draws_the_test_r2_curve(tmp_path):
+    test = np.array([0.6, 0.7, 0.8, 0.9]) * 0.5  # linear in the p = 1.01 curve, not in the p = 1.1 one
+    report = build_report([_run(validation=VALIDATION, test=test)], threshold=1.1, candidates=[1.01, 1.1, 1.2, 1.4])
+    curve = report["calibration"]["curve"]
+    assert report["calibration"]["threshold"] == 1.1  # chosen on validation accuracy, not on test accuracy
+    assert curve["test_r2"][0] == pytest.approx(1.0)
+    assert curve["test_r2"][1] == pytest.approx(r2_normal_equations(BY_HAND[1.1], test.tolist()))
+    assert curve["test_r2"][3] is None
+    assert (tmp_path / "c.png") == plot_calibration(report["calibration"], tmp_path / "c.png")
 
 
 def test_calibration_on_a_run_split_reports_the_held_out_r2():
