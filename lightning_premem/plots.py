@@ -241,7 +241,8 @@ def plot_calibration(calibration: dict[str, Any], path: str | Path) -> Path:
     """Draw the calibration's sensitivity curve: R² against the threshold ``p`` (log of ``p - 1`` on x).
 
     Draws the fit runs' R² (what chooses ``p``), the held-out runs' R² when there are any and the
-    test-accuracy R² of a validation-split calibration (both for evaluation only), and marks the chosen ``p`` and the report's reference threshold.
+    test-accuracy R² of a validation-split calibration (both for evaluation only), and marks the
+    chosen ``p`` and the report's reference threshold.
 
     Args:
         calibration: ``build_report(...)["calibration"]`` (or :meth:`Calibration.as_dict`).
