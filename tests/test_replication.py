@@ -1,0 +1,165 @@
+"""`premem replicate`: data-efficiency ratio, leave-one-run-out R², settings, and the quick run end to end."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_premem.acquisition import CurationConfig
+from lightning_premem.cli import main
+from lightning_premem.history import RunHistory
+from lightning_premem.replication import QUICK, ReplicationConfig, _epochs, _loo_r2, data_efficiency, run_replication
+
+
+def test_data_efficiency_reads_the_crossing_off_the_curve():
+    iid = ([100, 200, 300], [0.1, 0.2, 0.3])
+    # premem reaches iid's best (0.3 at 300 examples) between 100 (0.2) and 200 (0.4): at 150 -> 300 / 150
+    result = data_efficiency(iid, ([100, 200, 300], [0.2, 0.4, 0.5]))
+    assert result == {"iid_best": 0.3, "iid_examples": 300, "premem_examples": pytest.approx(150.0), "ratio": 2.0}
+    # iid peaks early: the examples it *needs* are the first size at its best
+    assert data_efficiency(([100, 200, 300], [0.1, 0.3, 0.3]), ([100, 200, 300], [0.3, 0.3, 0.3]))["ratio"] == 2.0
+    never = data_efficiency(iid, ([100, 200, 300], [0.1, 0.15, 0.29]))
+    assert never["premem_examples"] is None and never["ratio"] is None
+    assert data_efficiency(iid, iid)["ratio"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("iid", "premem", "match"),
+    [
+        (([100, 200], [0.1]), ([100, 200], [0.1, 0.2]), "as many sizes as accuracies"),
+        (([200, 100], [0.1, 0.2]), ([100, 200], [0.1, 0.2]), "sizes must increase"),
+        (([], []), ([100], [0.1]), "at least one"),
+    ],
+)
+def test_data_efficiency_rejects_malformed_curves(iid, premem, match):
+    with pytest.raises(ValueError, match=match):
+        data_efficiency(iid, premem)
+
+
+def _run(name, test, validation, accuracy, perplexity):
+    accuracy, perplexity = np.asarray(accuracy, dtype=np.float64), np.asarray(perplexity, dtype=np.float64)
+    return RunHistory(
+        name,
+        np.arange(1, len(test) + 1),
+        accuracy,
+        perplexity,
+        np.asarray(test, dtype=np.float64),
+        np.arange(accuracy.shape[1]),
+        Path(f"{name}.npz"),
+        validation_accuracy=np.asarray(validation, dtype=np.float64),
+    )
+
+
+def _table(runs, name, values):
+    return {
+        "runs": [
+            {
+                "checkpoints": [
+                    {name: float(x), "test_accuracy": float(y)} for x, y in zip(xs, run.test_accuracy, strict=True)
+                ]
+            }
+            for run, xs in zip(runs, values, strict=True)
+        ]
+    }
+
+
+def test_leave_one_run_out_matches_a_brute_force_loop():
+    rng = np.random.default_rng(0)
+    runs = [
+        _run(f"r{i}", rng.uniform(0, 1, 4), rng.uniform(0, 1, 4), np.zeros((4, 2)), np.ones((4, 2)) * 2)
+        for i in range(4)
+    ]
+    values = [rng.uniform(0, 1, 4) for _ in runs]
+    predicted, truth = [], []
+    for k in range(4):  # the reference: fit on the three others with a least-squares solve, predict run k
+        x = np.concatenate([values[i] for i in range(4) if i != k])
+        y = np.concatenate([runs[i].test_accuracy for i in range(4) if i != k])
+        coef, *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
+        predicted.extend(coef[0] * values[k] + coef[1])
+        truth.extend(runs[k].test_accuracy)
+    truth, predicted = np.array(truth), np.array(predicted)
+    expected = 1 - ((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+    assert _loo_r2(runs, _table(runs, "train_accuracy", values), "train_accuracy") == pytest.approx(expected)
+
+
+def test_leave_one_run_out_recalibrates_the_threshold():
+    # two examples per checkpoint: one never memorized (perplexity 2) whose accuracy grows, one memorized from
+    # the start (perplexity 1.01) with an erratic accuracy. Validation = test = the first one's share, i.e. the
+    # pre-memorization accuracy at any p in [1.01, 2); below 1.01 the erratic example counts and the fit breaks.
+    runs = []
+    for i, (level, erratic) in enumerate([(0.2, [1, 0, 1]), (0.4, [0, 1, 1]), (0.5, [1, 1, 0])]):
+        solved = level + np.array([0.0, 0.2, 0.3])
+        accuracy = np.stack([solved, np.array(erratic, dtype=np.float64)], axis=1)
+        runs.append(_run(f"r{i}", solved / 2, solved / 2, accuracy, np.tile([2.0, 1.01], (3, 1))))
+    table = _table(runs, "pre_memorization_accuracy", [r.test_accuracy for r in runs])
+    assert _loo_r2(runs, table, "pre_memorization_accuracy") == pytest.approx(1.0)
+    # the reference: at a p below 1.01 the same left-out fits are far from exact
+    low = [
+        _run(r.name, r.test_accuracy, r.validation_accuracy, r.train_accuracy, r.train_perplexity * 0 + 3) for r in runs
+    ]
+    premem_low = [(r.train_accuracy.mean(axis=1)) for r in low]  # nothing memorized: premem = running accuracy
+    assert _loo_r2(low, _table(low, "train_accuracy", premem_low), "train_accuracy") < 0.9
+
+
+def test_sweep_epochs_give_the_probes_and_about_the_steps():
+    config = ReplicationConfig()
+    for size in config.sizes:
+        epochs, every = _epochs(config, size)
+        assert epochs == every * config.probes
+        steps = epochs * -(-size // config.batch_size)
+        assert abs(steps - config.steps) / config.steps < 0.15
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"sizes": ()}, "at least one value"),
+        ({"steps": 0}, "`steps` must be a positive int"),
+        ({"sizes": (100,), "probe_size": 200, "robustness_run": (100, 3e-3)}, "at least `probe_size`"),
+        ({"robustness_run": (999, 3e-3)}, "`robustness_run`"),
+        ({"sizes": (256,), "learning_rates": (1e-3,), "seeds": (0,), "robustness_run": (256, 1e-3)}, "at least 3"),
+        ({"curation": CurationConfig(strategies=("iid", "random"))}, "must include 'premem' and 'iid'"),
+    ],
+)
+def test_bad_settings_are_reported(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(ReplicationConfig(), **changes)
+
+
+@pytest.mark.slow
+def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
+    assert main(["replicate", "--quick", "--output", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    runs = QUICK.sizes, QUICK.learning_rates, QUICK.seeds
+    assert len(summary["sweep_runs"]) == len(runs[0]) * len(runs[1]) * len(runs[2])
+    for record in summary["sweep_runs"]:
+        with np.load(tmp_path / "prediction" / "runs" / record["name"] / "history.npz") as npz:
+            assert str(npz["run_name"]) == record["name"]
+            assert npz["validation_accuracy"].shape == npz["test_accuracy"].shape == (QUICK.probes,)
+        assert (tmp_path / "prediction" / "runs" / record["name"] / "predictors.npz").is_file()
+    robust = [r for r in summary["sweep_runs"] if r["robustness"]]
+    assert [r["name"] for r in robust] == ["n32-lr0.01-s0"]
+    curves = summary["curation"]["curves"]
+    assert set(curves) == set(QUICK.curation.strategies)
+    assert all(sizes == [16, 24] for sizes, _ in curves.values())
+    assert set(summary["curation"]["premem_ratio_per_seed"]) == {str(s) for s in QUICK.curation.seeds}
+    # the first round is shared: one trained first round per seed, not one per strategy
+    assert len(list((tmp_path / "curation").glob("*/runs/*/0/history.npz"))) == len(QUICK.curation.seeds)
+    report = (tmp_path / "replication.md").read_text()
+    for heading in ("## 1. Pre-memorization", "## 2. Low pre-memorization", "## 3. Curation"):
+        assert heading in report
+    for figure in ("prediction/premem_vs_test.png", "prediction/robustness_0.png", "curation/curation.png"):
+        assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+        assert figure in report
+
+    # a rerun finds every run and round done: nothing is trained again
+    assert main(["replicate", "--quick", "--output", str(tmp_path), "--jobs", "1"]) == 0
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["sweep_runs"] == summary["sweep_runs"]  # the same records, wall times included
+    assert again["curation"] == summary["curation"]
+    assert "Trainer.fit" not in capsys.readouterr().err
+    # other sweep settings do not silently reuse these runs
+    with pytest.raises(ValueError, match="made with other settings"):
+        run_replication(tmp_path, config=dataclasses.replace(QUICK, temperature=0.5), jobs=1)
