@@ -275,9 +275,15 @@ def _train_round(
         history_dir=folder,
         progress=False,
     )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="auto",
+    _quiet_trainer(epochs, [callback]).fit(model, datamodule=data)
+    return callback
+
+
+def _quiet_trainer(max_epochs: int, callbacks: list[Any], accelerator: str = "auto") -> L.Trainer:
+    """Return a one-device Trainer for runs the caller reports on itself: no logger, checkpoints or progress bar."""
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -285,10 +291,8 @@ def _train_round(
         enable_model_summary=False,
         gradient_clip_val=1.0,
         num_sanity_val_steps=0,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
-    trainer.fit(model, datamodule=data)
-    return callback
 
 
 def _round_epochs(config: CurationConfig, num_train: int) -> tuple[int, int]:

@@ -23,6 +23,7 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -34,17 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import lightning as L  # noqa: N812  (the library's own convention)
 import numpy as np
+import torch
 
-from lightning_premem.acquisition import CurationConfig, _write_outputs, run_curation
-from lightning_premem.callback import _atomic_write
+from lightning_premem.acquisition import _FIELDS, CurationConfig, _quiet_trainer, _write_outputs, run_curation
+from lightning_premem.callback import HISTORY_FILE, PreMemorizationCallback, _atomic_write
 from lightning_premem.curation import STRATEGIES
+from lightning_premem.data import ReasoningDataModule
 from lightning_premem.demo import demo_threshold, gpt_config
+from lightning_premem.module import CausalLMModule
+from lightning_premem.predictors import PREDICTORS_FILE, BaselinePredictorsCallback
 from lightning_premem.synthetic import ArithmeticTask
 
 __all__ = ["QUICK", "ReplicationConfig", "data_efficiency", "run_replication"]
 
-_FIELDS = {"question": "question", "solution": "solution", "id": "id"}
 _TEST_SEED, _VALIDATION_SEED = 10_001, 10_002  # the held-out problems are the same for every run
 _TEST_START, _VALIDATION_START = 1_000_000, 2_000_000  # their ids
 
@@ -54,8 +59,8 @@ def _default_curation() -> CurationConfig:
         strategies=STRATEGIES,
         seeds=(0, 1, 2),
         rounds=3,
-        initial_size=1536,
-        acquire_per_round=1536,
+        initial_size=1024,
+        acquire_per_round=1024,
         steps_per_round=1024,
         max_probe_examples=300,
         learning_rate=3e-3,
@@ -92,10 +97,10 @@ class ReplicationConfig:
     robustness_run: tuple[int, float] = (1024, 3e-3)
     """``(size, learning rate)`` of the sweep run (first seed) that also probes prompt perturbations."""
     curation: CurationConfig = field(default_factory=_default_curation)
-    curation_templates: tuple[str, ...] = ("a+b*c", "a-b*c", "(a+b)*c")
-    """Templates of the curation pool, from easy to harder (at 1,024 examples and 1,024 steps alone: test
-    accuracy 0.53, 0.37 and 0.19)."""
-    curation_pool_size: int = 6000
+    curation_templates: tuple[str, ...] = ("a+b*c", "a-b*c")
+    """Templates of the curation pool, an easier and a harder one (alone, at 1,024 examples and 1,024 steps: test
+    accuracy 0.53 and 0.37; mixed with ``(a+b)*c`` nothing is learnt at this compute)."""
+    curation_pool_size: int = 4000
     curation_test_size: int = 600
     jobs: int = 2
     """Processes running sweep runs and curation chains side by side (one thread each)."""
@@ -188,14 +193,6 @@ def _epochs(config: ReplicationConfig, size: int) -> tuple[int, int]:
 
 def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folder: Path) -> dict[str, Any]:
     """Train one sweep run with both callbacks; write ``history.npz``, ``predictors.npz`` and ``run.json``."""
-    import lightning as L  # noqa: N812  (the library's own convention)
-    import torch
-
-    from lightning_premem.callback import HISTORY_FILE, PreMemorizationCallback
-    from lightning_premem.data import ReasoningDataModule
-    from lightning_premem.module import CausalLMModule
-    from lightning_premem.predictors import PREDICTORS_FILE, BaselinePredictorsCallback
-
     marker = folder / "run.json"
     settings = _sweep_settings(config)
     if marker.is_file():
@@ -244,18 +241,7 @@ def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folde
     predictors = BaselinePredictorsCallback(
         every_n_epochs=every, atc_examples=validation, seed=seed, history_dir=folder, **sampling
     )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1.0,
-        num_sanity_val_steps=0,
-        callbacks=[premem, predictors],
-    )
+    trainer = _quiet_trainer(epochs, [premem, predictors], accelerator="cpu")
     trainer.fit(model, datamodule=data)
     # ATC's fit accuracy is the sampled accuracy on the validation problems: record it as the run's
     # validation accuracy (what the threshold is calibrated on) and name the run.
@@ -318,10 +304,6 @@ def _curation_chain(config: ReplicationConfig, strategy: str, seed: int, rounds:
 
 
 def _init_worker() -> None:
-    import logging
-
-    import torch
-
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners from the workers
     warnings.filterwarnings("ignore", message=".*(Total length of|does not have many workers|LeafSpec).*")
@@ -385,7 +367,7 @@ def data_efficiency(
         ``None`` when the other curve never reaches i.i.d.'s best.
 
     Example:
-        >>> data_efficiency(([100, 200, 300], [0.1, 0.2, 0.3]), ([100, 200, 300], [0.1, 0.4, 0.5]))["ratio"]
+        >>> data_efficiency(([100, 200, 300], [0.1, 0.2, 0.3]), ([100, 200, 300], [0.2, 0.4, 0.5]))["ratio"]
         2.0
     """
     (iid_sizes, iid_acc), (sizes, acc) = iid, premem
@@ -629,6 +611,11 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
     r2, loo = pred["r2"], pred["loo_r2"]
     premem_r2, train_r2 = r2["pre_memorization_accuracy"], r2["train_accuracy"]
     baselines = [r2[n] for n in PREDICTORS if n != "pre_memorization_accuracy" and r2[n] is not None]
+    beaten = [
+        f"{_LABELS[n]} {r2[n]:.3f}"
+        for n in PREDICTORS
+        if n != "pre_memorization_accuracy" and r2[n] is not None and premem_r2 is not None and r2[n] >= premem_r2
+    ]
     calibration = pred["calibration"] or {}
     lines = [
         "# Replication of Kang et al. (arXiv 2411.07681) at CPU scale",
@@ -662,10 +649,11 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         f"(`premem demo`'s rule) gives R² {_f(pred['r2_at_task_threshold'])}; the authors' GSM8K p = "
         f"{pred['authors_threshold']:.4f} gives {_f(pred['r2_at_authors_threshold'])}.",
         "",
-        f"- pre-memorization R² >= {_TARGETS['premem_r2']} and above every baseline: "
-        + _verdict(
-            None if premem_r2 is None else premem_r2 >= _TARGETS["premem_r2"] and all(premem_r2 > b for b in baselines)
-        ),
+        f"- pre-memorization R² >= {_TARGETS['premem_r2']}: "
+        + _verdict(None if premem_r2 is None else premem_r2 >= _TARGETS["premem_r2"]),
+        "- above every baseline: "
+        + _verdict(None if premem_r2 is None or not baselines else premem_r2 > max(baselines))
+        + ("" if premem_r2 is None or not beaten else f" ({', '.join(beaten)} at or above it)"),
         f"- train-accuracy R² <= {_TARGETS['train_r2']}: "
         + _verdict(None if train_r2 is None else train_r2 <= _TARGETS["train_r2"]),
         "",
@@ -745,7 +733,13 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         f"(per seed: {', '.join(f'{s}: {_f(v, 2)}' for s, v in cur['premem_ratio_per_seed'].items())}). "
         f"Paper: 1.5-2x. Target >= {_TARGETS['efficiency']}: "
         + _verdict(None if ratio is None else ratio >= _TARGETS["efficiency"])
-        + ".",
+        + "."
+        + (
+            " iid's best is its first round, which every strategy shares: more data did not raise iid's test "
+            "accuracy at this compute, so the ratio cannot exceed 1 and says nothing about the strategies."
+            if premem_eff["iid_examples"] == sizes[0] and len(sizes) > 1
+            else ""
+        ),
         "",
         *_image(output, "curation/curation.png", "test accuracy against training examples"),
     ]
