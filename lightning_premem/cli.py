@@ -125,6 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--acquire", type=int, help="pool examples acquired per round")
     curate.add_argument("--threshold", type=float, help="t of Algorithm 1 (default 0.5)")
     curate.add_argument("--epochs", type=int, help="training epochs per round")
+    curate.add_argument(
+        "--steps-per-round", type=int, help="train each round for about N optimizer steps instead (equal compute)"
+    )
     curate.add_argument("--train", type=Path, help="initial training examples (JSONL: id, question, solution, group)")
     curate.add_argument("--pool", type=Path, help="candidate pool (same fields)")
     curate.add_argument("--test", type=Path, help="test examples (JSONL: question, solution)")
@@ -285,6 +288,7 @@ def _run_curate(args: argparse.Namespace) -> int:
         "acquire_per_round": args.acquire,
         "threshold": args.threshold,
         "epochs": args.epochs,
+        "steps_per_round": args.steps_per_round,
         "group_key": args.group_key,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

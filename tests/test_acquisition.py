@@ -53,6 +53,10 @@ def test_user_files_and_errors(tmp_path, capsys):
     files = ["--train", str(paths["train"]), "--pool", str(paths["pool"]), "--test", str(paths["test"])]
     assert main([*args, *files]) == 0
     assert set(json.loads((tmp_path / "out" / "curation.json").read_text())["runs"]) == {"low_accuracy/0"}
+    assert main([*args[:-1], str(tmp_path / "steps"), *files, "--steps-per-round", "3"]) == 0
+    assert json.loads((tmp_path / "steps" / "curation.json").read_text())["config"]["steps_per_round"] == 3
+    assert main([*args, *files, "--steps-per-round", "0"]) == 2
+    assert "`steps_per_round` must be a positive int or None" in capsys.readouterr().err
     assert main([*args, "--train", str(paths["train"])]) == 2
     assert "--train, --pool and --test together" in capsys.readouterr().err
     assert main([*args, *files, "--acquire", "500", "--output", str(tmp_path / "big")]) == 2
