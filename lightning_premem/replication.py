@@ -180,6 +180,16 @@ def _held_out(config: ReplicationConfig) -> tuple[list[dict[str, Any]], list[dic
     return test, validation
 
 
+def _sweep_keys(config: ReplicationConfig) -> list[tuple[int, float, int]]:
+    """Return the sweep's ``(size, learning rate, seed)`` triples, largest training sets first."""
+    return [
+        (n, lr, seed)
+        for n in sorted(config.sizes, reverse=True)
+        for lr in config.learning_rates
+        for seed in config.seeds
+    ]
+
+
 def _run_name(size: int, lr: float, seed: int) -> str:
     return f"n{size}-lr{lr:g}-s{seed}"
 
@@ -441,7 +451,8 @@ def _prediction(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
     from lightning_premem.history import load_run_histories
     from lightning_premem.tokenization import char_tokenizer
 
-    runs = sorted(load_run_histories(folder / "runs"), key=lambda run: run.name)
+    names = sorted(_run_name(*key) for key in _sweep_keys(config))  # only this sweep's runs, not stale folders
+    runs = load_run_histories([folder / "runs" / name / HISTORY_FILE for name in names])
     task_p = demo_threshold(_task(config), _held_out(config)[0], char_tokenizer())
     origin = "the task's trace randomness (`premem demo`'s rule)"
     try:
@@ -532,12 +543,7 @@ def run_replication(
     def say(message: str) -> None:
         log(f"[premem replicate] {message}")
 
-    sweep = [
-        (size, lr, seed)
-        for size in sorted(config.sizes, reverse=True)
-        for lr in config.learning_rates
-        for seed in config.seeds
-    ]  # fmt: skip  (largest runs first: better packing)
+    sweep = _sweep_keys(config)
     curation_dir = output / "curation"
     first = [(f"curation first round, seed {seed}", _curation_chain, (config, "iid", seed, 1, curation_dir))
              for seed in config.curation.seeds]  # fmt: skip

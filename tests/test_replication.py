@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,11 +155,13 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
         assert figure in report
 
-    # a rerun finds every run and round done: nothing is trained again
+    # a rerun finds every run and round done: nothing is trained again; a stray run folder is not analysed
+    shutil.copytree(tmp_path / "prediction" / "runs" / "n16-lr0.01-s0", tmp_path / "prediction" / "runs" / "stray")
     assert main(["replicate", "--quick", "--output", str(tmp_path), "--jobs", "1"]) == 0
     again = json.loads((tmp_path / "summary.json").read_text())
     assert again["sweep_runs"] == summary["sweep_runs"]  # the same records, wall times included
     assert again["curation"] == summary["curation"]
+    assert again["prediction"]["runs"] == summary["prediction"]["runs"]
     assert "Trainer.fit" not in capsys.readouterr().err
     # other sweep settings do not silently reuse these runs
     with pytest.raises(ValueError, match="made with other settings"):
