@@ -51,7 +51,10 @@ class CurationConfig:
     probe_every_n_epochs: int = 10
     steps_per_round: int | None = None
     """Train every round for about this many optimizer steps instead of ``epochs`` (equal compute per round,
-    whatever the training-set size): ``round(steps_per_round * batch_size / n)`` epochs, probed once at the end."""
+    whatever the training-set size), probed ``probes_per_round`` times at even intervals, the last at the end."""
+    probes_per_round: int = 4
+    """With ``steps_per_round``: probes per round. Pre-memorization accuracy needs a history: from a single
+    probe, every example already memorized at it scores 0."""
     max_probe_examples: int = 300
     num_samples: int = 4
     max_new_tokens: int = 48
@@ -80,6 +83,7 @@ class CurationConfig:
             "num_samples",
             "max_new_tokens",
             "batch_size",
+            "probes_per_round",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -298,8 +302,9 @@ def _quiet_trainer(max_epochs: int, callbacks: list[Any], accelerator: str = "au
 def _round_epochs(config: CurationConfig, num_train: int) -> tuple[int, int]:
     """``(epochs, probe every n epochs)`` of one round's training; the last epoch is always probed."""
     if config.steps_per_round is not None:
-        epochs = max(1, round(config.steps_per_round * config.batch_size / num_train))
-        return epochs, epochs
+        epochs = config.steps_per_round * config.batch_size / num_train
+        every = max(1, round(epochs / config.probes_per_round))
+        return every * config.probes_per_round, every
     every = config.probe_every_n_epochs
     return max(config.epochs - config.epochs % every, every), every
 

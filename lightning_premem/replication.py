@@ -47,6 +47,7 @@ from lightning_premem.demo import demo_threshold, gpt_config
 from lightning_premem.module import CausalLMModule
 from lightning_premem.predictors import PREDICTORS_FILE, BaselinePredictorsCallback
 from lightning_premem.synthetic import ArithmeticTask
+from lightning_premem.tokenization import char_tokenizer
 
 __all__ = ["QUICK", "ReplicationConfig", "data_efficiency", "run_replication"]
 
@@ -100,6 +101,9 @@ class ReplicationConfig:
     curation_templates: tuple[str, ...] = ("a+b*c", "a-b*c")
     """Templates of the curation pool, an easier and a harder one (alone, at 1,024 examples and 1,024 steps: test
     accuracy 0.53 and 0.37; mixed with ``(a+b)*c`` nothing is learnt at this compute)."""
+    curation_threshold: float | None = None
+    """Memorization threshold ``p`` of the curation rounds' scores; default: the curation task's trace-randomness
+    rule (:func:`~lightning_premem.demo.demo_threshold`), as for the sweep."""
     curation_pool_size: int = 4000
     curation_test_size: int = 600
     jobs: int = 2
@@ -302,7 +306,14 @@ def _curation_data(
 def _curation_chain(config: ReplicationConfig, strategy: str, seed: int, rounds: int, folder: Path) -> dict[str, Any]:
     """One strategy and seed of the curation comparison (``rounds=1``: only the shared first round)."""
     train, pool, test = _curation_data(config)
-    chain = dataclasses.replace(config.curation, strategies=(strategy,), seeds=(seed,), rounds=rounds)
+    threshold = config.curation_threshold or demo_threshold(
+        ArithmeticTask(templates=config.curation_templates, trace_diversity=config.trace_diversity),
+        train,
+        char_tokenizer(),
+    )
+    chain = dataclasses.replace(
+        config.curation, strategies=(strategy,), seeds=(seed,), rounds=rounds, memorization_threshold=threshold
+    )
     name = f"{strategy}-{seed}" if rounds > 1 else f"first-round-{seed}"
     state = run_curation(folder / name, train, pool, test, chain, round_cache=folder / "rounds")
     return {
@@ -449,7 +460,6 @@ def _prediction(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
     from lightning_premem.analysis import PREDICTORS, build_report, predictor_table, write_report
     from lightning_premem.functional import AUTHORS_LOGLOG_THRESHOLDS, loglog_threshold_to_perplexity
     from lightning_premem.history import load_run_histories
-    from lightning_premem.tokenization import char_tokenizer
 
     names = sorted(_run_name(*key) for key in _sweep_keys(config))  # only this sweep's runs, not stale folders
     runs = load_run_histories([folder / "runs" / name / HISTORY_FILE for name in names])

@@ -72,9 +72,10 @@ def test_round_length_in_epochs_or_in_steps():
     assert _round_epochs(dataclasses.replace(QUICK, epochs=25, probe_every_n_epochs=10), 100) == (20, 10)
     assert _round_epochs(dataclasses.replace(QUICK, epochs=5, probe_every_n_epochs=10), 100) == (10, 10)
     steps = dataclasses.replace(QUICK, steps_per_round=100, batch_size=8)  # 100 steps of 8 = 800 examples seen
-    assert _round_epochs(steps, 40) == (20, 20)
-    assert _round_epochs(steps, 80) == (10, 10)
-    assert _round_epochs(steps, 5000) == (1, 1)  # at least one epoch
+    assert _round_epochs(steps, 40) == (20, 5)  # 20 epochs, probed every 5 (4 probes per round)
+    assert _round_epochs(steps, 80) == (8, 2)  # 10 epochs -> 2.5 per probe, rounded (to even) to 2
+    assert _round_epochs(steps, 5000) == (4, 1)  # at least one epoch per probe
+    assert _round_epochs(dataclasses.replace(steps, probes_per_round=1), 40) == (20, 20)
     with pytest.raises(ValueError, match="`steps_per_round` must be a positive int or None"):
         dataclasses.replace(QUICK, steps_per_round=0)
 
