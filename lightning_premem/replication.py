@@ -285,12 +285,16 @@ def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folde
     return record
 
 
+_SWEEP_FIELDS = (
+    "template", "trace_diversity", "sizes", "learning_rates", "seeds", "steps", "probes", "probe_size", "test_size",
+    "validation_size", "batch_size", "num_samples", "temperature", "max_new_tokens", "n_layer", "n_embd", "n_head",
+    "robustness_run",
+)  # fmt: skip
+
+
 def _sweep_settings(config: ReplicationConfig) -> dict[str, Any]:
     """Return the settings that make a sweep run what it is (a kept run must have been made with them)."""
-    fields = dataclasses.asdict(config)
-    for name in ("curation", "curation_templates", "curation_pool_size", "curation_test_size", "jobs"):
-        fields.pop(name)
-    return json.loads(json.dumps(fields))  # type: ignore[no-any-return]  # tuples as lists, as read back
+    return json.loads(json.dumps({name: getattr(config, name) for name in _SWEEP_FIELDS}))  # type: ignore[no-any-return]
 
 
 def _curation_data(
@@ -346,6 +350,7 @@ def _run_jobs(
     ``total`` is the number of jobs to expect in all, for the progress lines.
     """
     results: list[dict[str, Any]] = []
+    failures: list[tuple[str, BaseException]] = []
     started = time.perf_counter()
     queue = list(jobs)
 
@@ -364,10 +369,18 @@ def _run_jobs(
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
+                label = pending.pop(future)
+                if future.exception() is not None:  # the others go on and are kept; the first failure is raised
+                    failures.append((label, future.exception()))  # type: ignore[arg-type]
+                    log(f"failed: {label}: {future.exception()}")
+                    continue
                 submitted = len(queue)
-                finished(pending.pop(future), future.result())
+                finished(label, future.result())
                 for label, function, args in queue[submitted:]:
                     pending[pool.submit(function, *args)] = label
+    if failures:
+        label, error = failures[0]
+        raise error
     return results
 
 
