@@ -11,7 +11,15 @@ import pytest
 from lightning_premem.acquisition import CurationConfig
 from lightning_premem.cli import main
 from lightning_premem.history import RunHistory
-from lightning_premem.replication import QUICK, ReplicationConfig, _epochs, _loo_r2, data_efficiency, run_replication
+from lightning_premem.replication import (
+    QUICK,
+    ReplicationConfig,
+    _epochs,
+    _loo_r2,
+    _run_jobs,
+    data_efficiency,
+    run_replication,
+)
 
 
 def test_data_efficiency_reads_the_crossing_off_the_curve():
@@ -166,3 +174,21 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
     # other sweep settings do not silently reuse these runs
     with pytest.raises(ValueError, match="made with other settings"):
         run_replication(tmp_path, config=dataclasses.replace(QUICK, temperature=0.5), jobs=1)
+
+
+def _echo(value):
+    return {"value": value}
+
+
+def _fail(value):
+    raise ValueError(f"job {value} failed")
+
+
+def test_a_failing_job_is_raised_after_the_others_finish():
+    lines = []
+    jobs = [("bad", _fail, (1,)), ("good", _echo, (2,)), ("also good", _echo, (3,))]
+    follow = lambda result: [("follow-up", _echo, (result["value"] * 10,))] if result["value"] == 2 else []  # noqa: E731
+    with pytest.raises(ValueError, match="job 1 failed"):
+        _run_jobs(jobs, 2, lines.append, follow_up=follow)
+    assert any(line.startswith("failed: bad: job 1 failed") for line in lines)
+    assert sum("done:" in line for line in lines) == 3  # good, also good and the follow-up all ran
