@@ -116,14 +116,24 @@ QUICK = CurationConfig(
 
 
 def synthetic_curation_data(
-    config: CurationConfig, *, pool_size: int = 3000, test_size: int = 300, seed: int = 0
+    config: CurationConfig,
+    *,
+    pool_size: int = 3000,
+    test_size: int = 300,
+    seed: int = 0,
+    templates: Sequence[str] | None = None,
+    trace_diversity: int = 3,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Make an initial training set, a candidate pool and a test set from the synthetic task, all templates mixed.
+    """Make an initial training set, a candidate pool and a test set from the synthetic task, templates mixed.
 
-    Every template of :data:`~lightning_premem.synthetic.TEMPLATES` (from 2-step to 4-step problems) is in
-    play, so strategies differ in which skills they acquire. No problem appears twice across the three sets.
+    By default every template of :data:`~lightning_premem.synthetic.TEMPLATES` (from 2-step to 4-step
+    problems) is in play, so strategies differ in which skills they acquire; ``templates`` picks others,
+    ``trace_diversity`` sets the randomness of the solution traces.
+    No problem appears twice across the three sets.
     """
-    task = ArithmeticTask(templates=tuple(TEMPLATES), trace_diversity=3)
+    task = ArithmeticTask(
+        templates=tuple(TEMPLATES if templates is None else templates), trace_diversity=trace_diversity
+    )
     train = task.generate(config.initial_size, seed=seed, unique=True)
     pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=train, unique=True)
     test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*train, *pool], unique=True)

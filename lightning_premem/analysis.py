@@ -667,6 +667,19 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _robustness_table(relation: dict[str, Any]) -> list[str]:
+    """Markdown table of a robustness relation's bins: accuracy clean, perturbed, and the drop."""
+    return [
+        "| pre-memorization accuracy | examples | clean accuracy | perturbed accuracy | drop |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(
+            f"| [{b['low']:.1f}, {b['high']:.1f}{']' if b['high'] == 1.0 else ')'} | {b['count']} | "
+            f"{_fmt(b['clean_accuracy'])} | {_fmt(b['perturbed_accuracy'])} | {_fmt(b['accuracy_drop'])} |"
+            for b in relation["bins"]
+        ),
+    ]
+
+
 def write_report(report: dict[str, Any], output: str | Path, *, figures: bool = True) -> Path:
     """Write ``report.md`` (and, with ``figures``, PNGs next to it) from :func:`build_report`'s mapping.
 
@@ -776,15 +789,8 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
             f"Spearman correlation of pre-memorization accuracy with the accuracy drop: {_fmt(relation['spearman'])}"
             + (f" (95% bootstrap interval {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""),
             "",
-            "| pre-memorization accuracy | examples | clean accuracy | perturbed accuracy | drop |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            *_robustness_table(relation),
         ]
-        for b in relation["bins"]:
-            closing = "]" if b["high"] == 1.0 else ")"
-            lines.append(
-                f"| [{b['low']:.1f}, {b['high']:.1f}{closing} | {b['count']} | {_fmt(b['clean_accuracy'])} | "
-                f"{_fmt(b['perturbed_accuracy'])} | {_fmt(b['accuracy_drop'])} |"
-            )
         if f"robustness_{i}.png" in figures:
             lines += ["", f"![accuracy drop by pre-memorization accuracy](robustness_{i}.png)"]
         lines.append("")

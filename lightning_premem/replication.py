@@ -39,7 +39,14 @@ import lightning as L  # noqa: N812  (the library's own convention)
 import numpy as np
 import torch
 
-from lightning_premem.acquisition import _FIELDS, CurationConfig, _quiet_trainer, _write_outputs, run_curation
+from lightning_premem.acquisition import (
+    _FIELDS,
+    CurationConfig,
+    _quiet_trainer,
+    _write_outputs,
+    run_curation,
+    synthetic_curation_data,
+)
 from lightning_premem.callback import HISTORY_FILE, PreMemorizationCallback, _atomic_write
 from lightning_premem.curation import STRATEGIES
 from lightning_premem.data import ReasoningDataModule
@@ -300,11 +307,13 @@ def _sweep_settings(config: ReplicationConfig) -> dict[str, Any]:
 def _curation_data(
     config: ReplicationConfig,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    task = ArithmeticTask(templates=config.curation_templates, trace_diversity=config.trace_diversity)
-    train = task.generate(config.curation.initial_size, seed=0, unique=True)
-    pool = task.generate(config.curation_pool_size, seed=1, start_id=100_000, exclude=train, unique=True)
-    test = task.generate(config.curation_test_size, seed=2, start_id=200_000, exclude=[*train, *pool], unique=True)
-    return train, pool, test
+    return synthetic_curation_data(
+        config.curation,
+        pool_size=config.curation_pool_size,
+        test_size=config.curation_test_size,
+        templates=config.curation_templates,
+        trace_diversity=config.trace_diversity,
+    )
 
 
 def _curation_chain(config: ReplicationConfig, strategy: str, seed: int, rounds: int, folder: Path) -> dict[str, Any]:
@@ -620,10 +629,6 @@ _PAPER = {
 _TARGETS = {"premem_r2": 0.85, "train_r2": 0.3, "efficiency": 1.5}
 
 
-def _f(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _verdict(ok: bool | None) -> str:
     return "not measurable" if ok is None else ("met" if ok else "**missed**")
 
@@ -634,7 +639,7 @@ def _image(output: Path, relative: str, alt: str) -> list[str]:
 
 
 def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Path) -> str:
-    from lightning_premem.analysis import _LABELS, PREDICTORS
+    from lightning_premem.analysis import _LABELS, PREDICTORS, _fmt, _robustness_table
 
     pred, cur = summary["prediction"], summary["curation"]
     r2, loo = pred["r2"], pred["loo_r2"]
@@ -665,18 +670,18 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         (
             "Threshold rule: p is calibrated on the **validation** problems' accuracy over all runs (the "
             f"R²-maximising p; `premem report`'s calibration), never on test accuracy: p = {pred['threshold']:.4f} "
-            f"(validation R² {_f(calibration.get('fit_r2'))}). Leave-one-run-out re-calibrates p without the run."
+            f"(validation R² {_fmt(calibration.get('fit_r2'))}). Leave-one-run-out re-calibrates p without the run."
             if calibration.get("threshold") is not None
             else f"Threshold p = {pred['threshold']:.4f}, from {pred['threshold_origin']}."
         ),
         "",
         "| predictor | R², all checkpoints | R², leave one run out | paper |",
         "| --- | ---: | ---: | ---: |",
-        *(f"| {_LABELS[n]} | {_f(r2[n])} | {_f(loo[n])} | {_PAPER.get(n, '')} |" for n in PREDICTORS),
+        *(f"| {_LABELS[n]} | {_fmt(r2[n])} | {_fmt(loo[n])} | {_PAPER.get(n, '')} |" for n in PREDICTORS),
         "",
         f"At other thresholds: p = {pred['task_threshold']:.4f} from the task's trace randomness "
-        f"(`premem demo`'s rule) gives R² {_f(pred['r2_at_task_threshold'])}; the authors' GSM8K p = "
-        f"{pred['authors_threshold']:.4f} gives {_f(pred['r2_at_authors_threshold'])}.",
+        f"(`premem demo`'s rule) gives R² {_fmt(pred['r2_at_task_threshold'])}; the authors' GSM8K p = "
+        f"{pred['authors_threshold']:.4f} gives {_fmt(pred['r2_at_authors_threshold'])}.",
         "",
         f"- pre-memorization R² >= {_TARGETS['premem_r2']}: "
         + _verdict(None if premem_r2 is None else premem_r2 >= _TARGETS["premem_r2"]),
@@ -696,8 +701,8 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
     for run in pred["runs"]:
         final = run["final"]
         lines.append(
-            f"| {run['name']} | {_f(final['train_accuracy'])} | {_f(final['pre_memorization_accuracy'])} | "
-            f"{_f(final['test_accuracy'])} | {seconds.get(run['name'], math.nan):.0f} |"
+            f"| {run['name']} | {_fmt(final['train_accuracy'])} | {_fmt(final['pre_memorization_accuracy'])} | "
+            f"{_fmt(final['test_accuracy'])} | {seconds.get(run['name'], math.nan):.0f} |"
         )
     lines += ["", "Last checkpoint of each run. Full report: [prediction/report.md](prediction/report.md).", ""]
     lines += ["## 2. Low pre-memorization accuracy marks brittle solutions", ""]
@@ -711,15 +716,9 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
             + ", ".join(f"{p!r} {v:.3f}" for p, v in relation["perturbed_accuracy"].items())
             + ".",
             "",
-            "| pre-memorization accuracy | questions | clean accuracy | perturbed accuracy | drop |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            *(
-                f"| [{b['low']:.1f}, {b['high']:.1f}{']' if b['high'] == 1.0 else ')'} | {b['count']} | "
-                f"{_f(b['clean_accuracy'])} | {_f(b['perturbed_accuracy'])} | {_f(b['accuracy_drop'])} |"
-                for b in relation["bins"]
-            ),
+            *_robustness_table(relation),
             "",
-            f"Spearman correlation of pre-memorization accuracy with the drop: {_f(relation['spearman'])}"
+            f"Spearman correlation of pre-memorization accuracy with the drop: {_fmt(relation['spearman'])}"
             + (f" (95% bootstrap interval {ci[0]:.3f} to {ci[1]:.3f})." if ci else "."),
             f"Target, the lowest non-empty bin drops more than the highest: {low['accuracy_drop']:.3f} vs "
             f"{high['accuracy_drop']:.3f}, "
@@ -751,15 +750,15 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
             f"| {strategy} | "
             + " | ".join(f"{a:.3f}" for a in accuracy)
             + f" | {reach} | "
-            + (_f(eff["ratio"], 2) if eff else "1")
+            + (_fmt(eff["ratio"], 2) if eff else "1")
             + " |"
         )
     ratio = premem_eff["ratio"]
     lines += [
         "",
         f"Data efficiency of `premem` over `iid` (examples iid needs for its best accuracy "
-        f"{premem_eff['iid_best']:.3f} / examples premem needs for the same): **{_f(ratio, 2)}** "
-        f"(per seed: {', '.join(f'{s}: {_f(v, 2)}' for s, v in cur['premem_ratio_per_seed'].items())}). "
+        f"{premem_eff['iid_best']:.3f} / examples premem needs for the same): **{_fmt(ratio, 2)}** "
+        f"(per seed: {', '.join(f'{s}: {_fmt(v, 2)}' for s, v in cur['premem_ratio_per_seed'].items())}). "
         f"Paper: 1.5-2x. Target >= {_TARGETS['efficiency']}: "
         + _verdict(None if ratio is None else ratio >= _TARGETS["efficiency"])
         + "."
