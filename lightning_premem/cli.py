@@ -132,6 +132,15 @@ def _build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--pool", type=Path, help="candidate pool (same fields)")
     curate.add_argument("--test", type=Path, help="test examples (JSONL: question, solution)")
     curate.add_argument("--group-key", help="the field that says which examples are alike (default: template)")
+    curate.add_argument(
+        "--model",
+        help="a pretrained causal LM (local path or hub name) to fine-tune every round, as the paper does; "
+        "default: a small GPT trained from scratch",
+    )
+    curate.add_argument(
+        "--tokenizer", help="its tokenizer (path, hub name or 'char'; default: the model's own, else 'char')"
+    )
+    curate.add_argument("--learning-rate", type=float, help="peak learning rate of every round (default 1e-2)")
     curate.add_argument("--quick", action="store_true", help="a tiny run (seconds), for smoke tests")
     curate.set_defaults(handler=_run_curate)
 
@@ -290,6 +299,9 @@ def _run_curate(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "steps_per_round": args.steps_per_round,
         "group_key": args.group_key,
+        "model": args.model,
+        "tokenizer": args.tokenizer or args.model,
+        "learning_rate": args.learning_rate,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     files = (args.train, args.pool, args.test)

@@ -99,3 +99,31 @@ def test_the_shared_first_round_is_trained_once(tmp_path):
     )
     assert other["runs"]["low_accuracy/0"][0]["test_accuracy"] == first["premem/0"]
     assert not (tmp_path / "other" / "runs").exists()
+
+
+def test_rounds_fine_tune_a_given_pretrained_model(tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lightning_premem.probes import encode_prompt_target, target_perplexity
+    from lightning_premem.tokenization import char_tokenizer
+
+    tokenizer = char_tokenizer()
+    torch.manual_seed(123)  # not the weights a from-scratch round (seeded 0) would start from
+    config = AutoConfig.for_model(**QUICK.model, vocab_size=len(tokenizer))
+    base = AutoModelForCausalLM.from_config(config).eval()
+    base.save_pretrained(tmp_path / "base")
+    # a learning rate of ~0 leaves the weights as loaded: the round's probed perplexities are the base model's
+    args = ["curate", "--quick", "--strategies", "iid", "--rounds", "1", "--output", str(tmp_path / "out")]
+    model_args = ["--model", str(tmp_path / "base"), "--tokenizer", "char", "--learning-rate", "1e-30"]
+    assert main([*args, *model_args]) == 0
+    state = json.loads((tmp_path / "out" / "curation.json").read_text())
+    assert state["config"]["model"] == str(tmp_path / "base") and state["config"]["learning_rate"] == 1e-30
+    (cached,) = (tmp_path / "out" / "rounds").glob("*.json")
+    scores = json.loads(cached.read_text())["scores"]
+    train, _, _ = synthetic_curation_data(QUICK, pool_size=200, test_size=16)
+    rows = [r for r in train if str(r["id"]) in scores]
+    pairs = [encode_prompt_target(tokenizer, f"{r['question']}\nAnswer:", f" {r['solution']}\nDone.") for r in rows]
+    expected = target_perplexity(base, pairs, pad_token_id=0)
+    recorded = torch.tensor([scores[str(r["id"])]["perplexity"] for r in rows])
+    assert torch.allclose(recorded, expected.float(), rtol=1e-4)
