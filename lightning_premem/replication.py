@@ -60,6 +60,7 @@ __all__ = ["QUICK", "ReplicationConfig", "data_efficiency", "run_replication"]
 
 _TEST_SEED, _VALIDATION_SEED = 10_001, 10_002  # the held-out problems are the same for every run
 _TEST_START, _VALIDATION_START = 1_000_000, 2_000_000  # their ids
+_BASE_SEED, _BASE_START = 10_003, 3_000_000  # the curation base model's pretraining problems
 
 
 def _default_curation() -> CurationConfig:
@@ -70,8 +71,8 @@ def _default_curation() -> CurationConfig:
         initial_size=1024,
         acquire_per_round=1024,
         steps_per_round=1024,
-        max_probe_examples=300,
-        learning_rate=3e-3,
+        max_probe_examples=200,
+        learning_rate=3e-4,  # fine-tuning the base model: a tenth of its pretraining rate
     )
 
 
@@ -95,6 +96,10 @@ class ReplicationConfig:
     test_size: int = 200
     validation_size: int = 200
     """Fresh problems for calibrating the threshold and fitting ATC (disjoint from the test problems)."""
+    atc_queries: str = "train"
+    """Whose confidences ATC thresholds: ``"train"`` (the first ``probe_size`` training problems: the paper's
+    setting, a predictor from the training set like the others) or ``"test"`` (the test problems: Garg et al.'s
+    setting, which with a validation split drawn like the test set measures validation accuracy)."""
     batch_size: int = 32
     num_samples: int = 4
     temperature: float = 0.8
@@ -106,19 +111,25 @@ class ReplicationConfig:
     """``(size, learning rate)`` of the sweep run (first seed) that also probes prompt perturbations."""
     curation: CurationConfig = field(default_factory=_default_curation)
     curation_templates: tuple[str, ...] = ("a+b*c", "a-b*c")
-    """Templates of the curation pool, an easier and a harder one (alone, at 1,024 examples and 1,024 steps: test
-    accuracy 0.53 and 0.37; mixed with ``(a+b)*c`` nothing is learnt at this compute)."""
+    """Templates of the curation pool and test problems: the base model's skill and a new one."""
+    curation_base_templates: tuple[str, ...] = ("a+b*c",)
+    """Skills of the base model that every curation round fine-tunes, as the paper fine-tunes a pretrained LLM that
+    already solves part of its data; empty: every round trains from scratch."""
+    curation_base_size: int = 4096
+    curation_base_steps: int = 2048
+    curation_base_learning_rate: float = 3e-3
     curation_threshold: float | None = None
     """Memorization threshold ``p`` of the curation rounds' scores; default: the curation task's trace-randomness
     rule (:func:`~lightning_premem.demo.demo_threshold`), as for the sweep."""
-    curation_pool_size: int = 4000
-    curation_test_size: int = 600
+    curation_pool_size: int = 6000
+    curation_test_size: int = 400
     jobs: int = 2
     """Processes running sweep runs and curation chains side by side (one thread each)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "probes", "probe_size", "test_size", "validation_size", "batch_size", "num_samples",
                      "max_new_tokens", "n_layer", "n_embd", "n_head", "curation_pool_size", "curation_test_size",
+                     "curation_base_size", "curation_base_steps",
                      "jobs"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -135,6 +146,13 @@ class ReplicationConfig:
         size, lr = self.robustness_run
         if size not in self.sizes or lr not in self.learning_rates:
             raise ValueError(f"`robustness_run` {self.robustness_run!r} must be one of the sweep's (size, lr) pairs.")
+        if self.atc_queries not in ("train", "test"):
+            raise ValueError(f"`atc_queries` must be 'train' or 'test', got {self.atc_queries!r}.")
+        if self.curation_base_templates and not isinstance(self.curation.model, Mapping):
+            raise ValueError(
+                "a curation base model is pretrained from `curation.model`, which must then be a config mapping "
+                f"(got {self.curation.model!r}); set curation_base_templates=() to fine-tune that model instead."
+            )
         if "premem" not in self.curation.strategies or "iid" not in self.curation.strategies:
             raise ValueError("the curation strategies must include 'premem' and 'iid' (their ratio is the result).")
 
@@ -169,6 +187,8 @@ QUICK = ReplicationConfig(
         batch_size=8,
         model=gpt_config(1, 32, 2),
     ),
+    curation_base_size=16,
+    curation_base_steps=4,
     curation_pool_size=40,
     curation_test_size=8,
 )
@@ -260,7 +280,12 @@ def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folde
         **sampling,
     )
     predictors = BaselinePredictorsCallback(
-        every_n_epochs=every, atc_examples=validation, seed=seed, history_dir=folder, **sampling
+        every_n_epochs=every,
+        atc_examples=validation,
+        atc_queries=train[: config.probe_size] if config.atc_queries == "train" else test,
+        seed=seed,
+        history_dir=folder,
+        **sampling,
     )
     trainer = _quiet_trainer(epochs, [premem, predictors], accelerator="cpu")
     trainer.fit(model, datamodule=data)
@@ -294,14 +319,22 @@ def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folde
 
 _SWEEP_FIELDS = (
     "template", "trace_diversity", "sizes", "learning_rates", "seeds", "steps", "probes", "probe_size", "test_size",
-    "validation_size", "batch_size", "num_samples", "temperature", "max_new_tokens", "n_layer", "n_embd", "n_head",
-    "robustness_run",
+    "validation_size", "atc_queries", "batch_size", "num_samples", "temperature", "max_new_tokens", "n_layer",
+    "n_embd", "n_head", "robustness_run",
 )  # fmt: skip
 
 
 def _sweep_settings(config: ReplicationConfig) -> dict[str, Any]:
     """Return the settings that make a sweep run what it is (a kept run must have been made with them)."""
     return json.loads(json.dumps({name: getattr(config, name) for name in _SWEEP_FIELDS}))  # type: ignore[no-any-return]
+
+
+def _base_rows(config: ReplicationConfig) -> list[dict[str, Any]]:
+    """Return the problems the curation base model is pretrained on (none without base templates)."""
+    if not config.curation_base_templates:
+        return []
+    task = ArithmeticTask(templates=config.curation_base_templates, trace_diversity=config.trace_diversity)
+    return task.generate(config.curation_base_size, seed=_BASE_SEED, start_id=_BASE_START, unique=True)
 
 
 def _curation_data(
@@ -313,7 +346,51 @@ def _curation_data(
         test_size=config.curation_test_size,
         templates=config.curation_templates,
         trace_diversity=config.trace_diversity,
+        exclude=_base_rows(config),  # the base model has seen these: not in the pool, and not test problems
     )
+
+
+def _curation_base(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
+    """Pretrain the base model the curation rounds fine-tune; saved in ``folder`` (``save_pretrained``)."""
+    marker = folder / "base.json"
+    settings = _base_settings(config)
+    if marker.is_file():
+        record: dict[str, Any] = json.loads(marker.read_text())
+        if record.get("settings") != settings:
+            raise ValueError(
+                f"{folder} holds a base model made with other settings: use another --output folder, or delete the "
+                "folder to start over."
+            )
+        return record
+    started = time.perf_counter()
+    rows = _base_rows(config)
+    L.seed_everything(0, verbose=False)
+    data = ReasoningDataModule(
+        rows, fields=_FIELDS, tokenizer="char", batch_size=config.curation.batch_size, max_length=128, seed=0
+    )
+    model = CausalLMModule(
+        dict(config.curation.model),  # type: ignore[arg-type]  # a mapping: checked by ReplicationConfig
+        "char",
+        learning_rate=config.curation_base_learning_rate,
+        warmup_ratio=0.04,
+        betas=(0.9, 0.95),
+    )
+    epochs = max(1, round(config.curation_base_steps * config.curation.batch_size / len(rows)))
+    trainer = _quiet_trainer(epochs, [], accelerator="cpu")
+    trainer.fit(model, datamodule=data)
+    model.model.save_pretrained(folder)
+    record = {"settings": settings, "base": str(folder), "steps": int(trainer.global_step),
+              "seconds": time.perf_counter() - started}  # fmt: skip
+    _atomic_write(marker, json.dumps(record, indent=1).encode())
+    return record
+
+
+def _base_settings(config: ReplicationConfig) -> dict[str, Any]:
+    names = ("curation_base_templates", "curation_base_size", "curation_base_steps", "curation_base_learning_rate",
+             "trace_diversity")  # fmt: skip
+    settings = {name: getattr(config, name) for name in names}
+    settings["model"], settings["batch_size"] = config.curation.model, config.curation.batch_size
+    return json.loads(json.dumps(settings, default=list))  # type: ignore[no-any-return]
 
 
 def _curation_chain(config: ReplicationConfig, strategy: str, seed: int, rounds: int, folder: Path) -> dict[str, Any]:
@@ -327,6 +404,8 @@ def _curation_chain(config: ReplicationConfig, strategy: str, seed: int, rounds:
     chain = dataclasses.replace(
         config.curation, strategies=(strategy,), seeds=(seed,), rounds=rounds, memorization_threshold=threshold
     )
+    if config.curation_base_templates:
+        chain = dataclasses.replace(chain, model=str(folder / "base"))
     name = f"{strategy}-{seed}" if rounds > 1 else f"first-round-{seed}"
     state = run_curation(folder / name, train, pool, test, chain, round_cache=folder / "rounds")
     return {
@@ -355,8 +434,9 @@ def _run_jobs(
 ) -> list[dict[str, Any]]:
     """Run jobs in ``processes`` spawned single-thread processes (inline when 1); return their results.
 
-    ``follow_up(result)`` names jobs that may start once a job has returned ``result`` (they join the queue);
-    ``total`` is the number of jobs to expect in all, for the progress lines.
+    ``follow_up(result)`` names jobs that may start once a job has returned ``result``; they go to the front of
+    the queue (they continue a chain of dependent jobs, the longest path). ``total`` is the number of jobs to
+    expect in all, for the progress lines.
     """
     results: list[dict[str, Any]] = []
     failures: list[tuple[str, BaseException]] = []
@@ -365,17 +445,22 @@ def _run_jobs(
 
     def finished(label: str, result: dict[str, Any]) -> None:
         results.append(result)
-        queue.extend(follow_up(result))
-        log(f"{len(results)}/{max(total or 0, len(queue))} done: {label} ({time.perf_counter() - started:.0f} s)")
+        queue[:0] = follow_up(result)
+        log(f"{len(results)}/{max(total or 0, len(results) + len(queue))} done: {label} "
+            f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
 
     if processes == 1:
-        for label, function, args in queue:  # a list iterator also yields what `finished` appends
+        while queue:
+            label, function, args = queue.pop(0)
             finished(label, function(*args))
         return results
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker) as pool:
-        pending = {pool.submit(function, *args): label for label, function, args in queue}
-        while pending:
+        pending: dict[Any, str] = {}
+        while queue or pending:
+            while queue and len(pending) < processes:  # submit only what can run now: follow-ups jump the queue
+                label, function, args = queue.pop(0)
+                pending[pool.submit(function, *args)] = label
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 label = pending.pop(future)
@@ -383,10 +468,7 @@ def _run_jobs(
                     failures.append((label, future.exception()))  # type: ignore[arg-type]
                     log(f"failed: {label}: {future.exception()}")
                     continue
-                submitted = len(queue)
                 finished(label, future.result())
-                for label, function, args in queue[submitted:]:
-                    pending[pool.submit(function, *args)] = label
     if failures:
         label, error = failures[0]
         raise error
@@ -479,7 +561,7 @@ def _loo_r2(runs: Sequence[Any], table: Mapping[str, Any], name: str) -> float |
 
 
 def _prediction(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
-    from lightning_premem.analysis import PREDICTORS, build_report, predictor_table, write_report
+    from lightning_premem.analysis import PREDICTORS, _r2_or_none, build_report, predictor_table, write_report
     from lightning_premem.functional import AUTHORS_LOGLOG_THRESHOLDS, loglog_threshold_to_perplexity
     from lightning_premem.history import load_run_histories
 
@@ -495,11 +577,17 @@ def _prediction(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
         )
     write_report(report, folder)
     authors_p = loglog_threshold_to_perplexity(AUTHORS_LOGLOG_THRESHOLDS["gsm8k"])
+    pairs = [(c["validation_accuracy"], c["test_accuracy"]) for run in report["runs"] for c in run["checkpoints"]]
     return {
         "threshold": report["threshold"],
         "threshold_origin": report["threshold_origin"],
         "r2": report["r2"],
         "loo_r2": {name: _loo_r2(runs, report, name) for name in PREDICTORS},
+        # a reference, not a predictor from the training set: accuracy measured on labeled held-out problems
+        "validation_accuracy": {
+            "r2": None if not pairs or any(None in pair for pair in pairs) else _r2_or_none(*zip(*pairs, strict=True)),
+            "loo_r2": _loo_r2(runs, report, "validation_accuracy"),
+        },
         "r2_at_task_threshold": predictor_table(runs, task_p)["r2"]["pre_memorization_accuracy"],
         "task_threshold": task_p,
         "r2_at_authors_threshold": predictor_table(runs, authors_p)["r2"]["pre_memorization_accuracy"],
@@ -579,10 +667,13 @@ def run_replication(
     curation_dir = output / "curation"
     first = [(f"curation first round, seed {seed}", _curation_chain, (config, "iid", seed, 1, curation_dir))
              for seed in config.curation.seeds]  # fmt: skip
+    base = [("curation base model", _curation_base, (config, curation_dir / "base"))]
     runs = [(f"sweep {_run_name(*key)}", _sweep_run, (config, *key, output / "prediction" / "runs" / _run_name(*key)))
             for key in sweep]  # fmt: skip
 
-    def chains(result: dict[str, Any]) -> list[_Job]:  # a seed's chains start once its shared first round is in
+    def chains(result: dict[str, Any]) -> list[_Job]:  # base model -> a seed's shared first round -> its chains
+        if "base" in result:
+            return first
         if not result.get("first_round"):
             return []
         seed = result["seed"]
@@ -598,8 +689,9 @@ def run_replication(
         f"of {config.curation.rounds} rounds in {config.jobs} process(es); results are kept as they finish (rerun "
         "the same command to resume)"
     )
-    work: list[_Job] = [*first, *runs]
-    results = _run_jobs(work, config.jobs, say, follow_up=chains, total=len(work) + num_chains)
+    work: list[_Job] = [*(base if config.curation_base_templates else first), *runs]
+    total = len(runs) + len(first) + num_chains + (len(base) if config.curation_base_templates else 0)
+    results = _run_jobs(work, config.jobs, say, follow_up=chains, total=total)
     sweep_records = [r for r in results if "name" in r]
     chain_results = [r for r in results if "strategy" in r and not r["first_round"]]
     say("analysing")
@@ -621,10 +713,15 @@ def run_replication(
     return path
 
 
-#: The paper's numbers (Kang et al., arXiv 2411.07681) and our replay of the authors' GSM8K logs.
+#: The paper's numbers (Kang et al., arXiv 2411.07681): our replay of the authors' GSM8K logs, and (†) the
+#: squared correlations printed in their baselines notebook (``gsm8k_orig_line_baselines.ipynb``: train accuracy
+#: minus the predictor against the generalization gap, 9 checkpoints of 3 Llama3-8B runs).
 _PAPER = {
-    "pre_memorization_accuracy": "0.94 (GSM8K)",
+    "pre_memorization_accuracy": "0.94 (GSM8K); 0.97 †",
     "train_accuracy": "0.40 (GSM8K)",
+    "gradient_variance": "0.52 †",
+    "distance_from_init": "0.34 †",
+    "atc": "0.00 †",
 }
 _TARGETS = {"premem_r2": 0.85, "train_r2": 0.3, "efficiency": 1.5}
 
@@ -651,6 +748,7 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         if n != "pre_memorization_accuracy" and r2[n] is not None and premem_r2 is not None and r2[n] >= premem_r2
     ]
     calibration = pred["calibration"] or {}
+    reference = pred.get("validation_accuracy") or {}
     lines = [
         "# Replication of Kang et al. (arXiv 2411.07681) at CPU scale",
         "",
@@ -678,6 +776,20 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         "| predictor | R², all checkpoints | R², leave one run out | paper |",
         "| --- | ---: | ---: | ---: |",
         *(f"| {_LABELS[n]} | {_fmt(r2[n])} | {_fmt(loo[n])} | {_PAPER.get(n, '')} |" for n in PREDICTORS),
+        f"| *reference:* validation accuracy | {_fmt(reference.get('r2'))} | {_fmt(reference.get('loo_r2'))} | |",
+        "",
+        "ATC (Garg et al.) thresholds the confidence (mean token log-probability) of sampled answers; its threshold "
+        "is fitted at every checkpoint on the validation problems, and it is applied to "
+        + (
+            f"the first {config.probe_size} training problems, as in the authors' notebook (which fits one "
+            "threshold against one run's test accuracy): a predictor from the training set, like the others."
+            if config.atc_queries == "train"
+            else "the test problems (Garg et al.'s setting)."
+        )
+        + " The reference row is not a predictor from the training set: accuracy measured on labeled held-out "
+        "problems drawn like the test problems (what ATC on the test problems amounts to here). † the authors' "
+        "baselines notebook: squared correlation of train accuracy minus the predictor with the generalization gap "
+        "(9 checkpoints of 3 Llama3-8B runs on GSM8K).",
         "",
         f"At other thresholds: p = {pred['task_threshold']:.4f} from the task's trace randomness "
         f"(`premem demo`'s rule) gives R² {_fmt(pred['r2_at_task_threshold'])}; the authors' GSM8K p = "

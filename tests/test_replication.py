@@ -14,6 +14,9 @@ from lightning_premem.history import RunHistory
 from lightning_premem.replication import (
     QUICK,
     ReplicationConfig,
+    _base_rows,
+    _curation_base,
+    _curation_data,
     _epochs,
     _loo_r2,
     _run_jobs,
@@ -130,6 +133,8 @@ def test_sweep_epochs_give_the_probes_and_about_the_steps():
         ({"robustness_run": (999, 3e-3)}, "`robustness_run`"),
         ({"sizes": (256,), "learning_rates": (1e-3,), "seeds": (0,), "robustness_run": (256, 1e-3)}, "at least 3"),
         ({"curation": CurationConfig(strategies=("iid", "random"))}, "must include 'premem' and 'iid'"),
+        ({"atc_queries": "validation"}, "`atc_queries` must be 'train' or 'test'"),
+        ({"curation": CurationConfig(model="path/to/model")}, "must then be a config mapping"),
     ],
 )
 def test_bad_settings_are_reported(changes, match):
@@ -171,9 +176,44 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
     assert again["curation"] == summary["curation"]
     assert again["prediction"]["runs"] == summary["prediction"]["runs"]
     assert "Trainer.fit" not in capsys.readouterr().err
-    # other sweep settings do not silently reuse these runs
-    with pytest.raises(ValueError, match="made with other settings"):
+    # other sweep settings do not silently reuse these runs, nor other base settings the base model
+    with pytest.raises(ValueError, match="sweep run made with other settings"):
         run_replication(tmp_path, config=dataclasses.replace(QUICK, temperature=0.5), jobs=1)
+    with pytest.raises(ValueError, match="base model made with other settings"):
+        run_replication(tmp_path, config=dataclasses.replace(QUICK, curation_base_steps=5), jobs=1)
+
+
+def test_curation_rounds_fine_tune_the_base_model_on_problems_it_has_not_seen(tmp_path):
+    config = dataclasses.replace(QUICK, curation_base_size=24)
+    record = _curation_base(config, tmp_path / "base")
+    assert record["steps"] > 0 and (tmp_path / "base" / "config.json").is_file()
+    assert _curation_base(config, tmp_path / "base") == record  # kept, not trained again
+    base = {(r["template"], r["question"]) for r in _base_rows(config)}
+    assert len(base) == 24 and {t for t, _ in base} == set(config.curation_base_templates)
+    for rows in _curation_data(config):
+        assert not base & {(r["template"], r["question"]) for r in rows}
+    assert _base_rows(dataclasses.replace(config, curation_base_templates=())) == []
+
+
+def test_atc_thresholds_the_training_problems_by_default(tmp_path, monkeypatch):
+    import lightning_premem.replication as replication
+
+    seen = {}
+    real = replication.BaselinePredictorsCallback
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(replication, "BaselinePredictorsCallback", spy)
+    record = replication._sweep_run(QUICK, 16, 1e-2, 0, tmp_path / "run")
+    test, validation = replication._held_out(QUICK)
+    train = replication._task(QUICK).generate(16, seed=0, exclude=[*test, *validation], unique=True)
+    assert [q["id"] for q in seen["atc_queries"]] == [r["id"] for r in train[: QUICK.probe_size]]
+    assert seen["atc_examples"] == validation
+    assert record["name"] == "n16-lr0.01-s0"
+    replication._sweep_run(dataclasses.replace(QUICK, atc_queries="test"), 16, 1e-2, 0, tmp_path / "other")
+    assert seen["atc_queries"] == test
 
 
 def _echo(value):
@@ -192,3 +232,12 @@ def test_a_failing_job_is_raised_after_the_others_finish():
         _run_jobs(jobs, 2, lines.append, follow_up=follow)
     assert any(line.startswith("failed: bad: job 1 failed") for line in lines)
     assert sum("done:" in line for line in lines) == 3  # good, also good and the follow-up all ran
+
+
+def test_follow_up_jobs_jump_the_queue():
+    lines = []
+    jobs = [("a", _echo, (1,)), ("b", _echo, (2,)), ("c", _echo, (3,))]
+    follow = lambda result: [("a then", _echo, (10,))] if result["value"] == 1 else []  # noqa: E731
+    results = _run_jobs(jobs, 1, lines.append, follow_up=follow, total=4)
+    assert [r["value"] for r in results] == [1, 10, 2, 3]
+    assert lines[-1].startswith("4/4 done: c")
