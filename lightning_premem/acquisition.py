@@ -123,22 +123,20 @@ def synthetic_curation_data(
     seed: int = 0,
     templates: Sequence[str] | None = None,
     trace_diversity: int = 3,
-    exclude: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Make an initial training set, a candidate pool and a test set from the synthetic task, templates mixed.
 
     By default every template of :data:`~lightning_premem.synthetic.TEMPLATES` (from 2-step to 4-step
     problems) is in play, so strategies differ in which skills they acquire; ``templates`` picks others,
     ``trace_diversity`` sets the randomness of the solution traces.
-    No problem appears twice across the three sets, nor is one of ``exclude`` (rows of the same task, e.g. the
-    problems a base model was pretrained on).
+    No problem appears twice across the three sets.
     """
     task = ArithmeticTask(
         templates=tuple(TEMPLATES if templates is None else templates), trace_diversity=trace_diversity
     )
-    train = task.generate(config.initial_size, seed=seed, exclude=exclude, unique=True)
-    pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=[*exclude, *train], unique=True)
-    test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*exclude, *train, *pool], unique=True)
+    train = task.generate(config.initial_size, seed=seed, unique=True)
+    pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=train, unique=True)
+    test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*train, *pool], unique=True)
     return train, pool, test
 
 

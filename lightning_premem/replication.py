@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class ReplicationConfig:
     curation_threshold: float | None = None
     """Memorization threshold ``p`` of the curation rounds' scores; default: the curation task's trace-randomness
     rule (:func:`~lightning_premem.demo.demo_threshold`), as for the sweep."""
-    curation_pool_size: int = 6000
+    curation_pool_size: int = 5000
     curation_test_size: int = 400
     jobs: int = 2
     """Processes running sweep runs and curation chains side by side (one thread each)."""
@@ -330,11 +331,17 @@ def _sweep_settings(config: ReplicationConfig) -> dict[str, Any]:
 
 
 def _base_rows(config: ReplicationConfig) -> list[dict[str, Any]]:
-    """Return the problems the curation base model is pretrained on (none without base templates)."""
+    """Return the problems the curation base model is pretrained on (none without base templates).
+
+    Never a curation test problem. Pool and training problems may recur (with other trace phrasings, as a
+    pretrained LLM has seen problems like its fine-tuning data): a base skill's problem space is too small to
+    keep both the pretraining set and the pool apart.
+    """
     if not config.curation_base_templates:
         return []
     task = ArithmeticTask(templates=config.curation_base_templates, trace_diversity=config.trace_diversity)
-    return task.generate(config.curation_base_size, seed=_BASE_SEED, start_id=_BASE_START, unique=True)
+    _, _, test = _curation_data(config)
+    return task.generate(config.curation_base_size, seed=_BASE_SEED, start_id=_BASE_START, exclude=test, unique=True)
 
 
 def _curation_data(
@@ -346,7 +353,6 @@ def _curation_data(
         test_size=config.curation_test_size,
         templates=config.curation_templates,
         trace_diversity=config.trace_diversity,
-        exclude=_base_rows(config),  # the base model has seen these: not in the pool, and not test problems
     )
 
 
@@ -623,10 +629,23 @@ def _curation(config: ReplicationConfig, folder: Path, chains: Sequence[Mapping[
         )["ratio"]
         for seed in config.curation.seeds
     }  # fmt: skip
+    _, pool, _ = _curation_data(config)
+    group_of = {int(r["id"]): r[config.curation.group_key] for r in pool}
+    acquired_mix = {}  # strategy -> group -> share of its acquisitions (all rounds and seeds)
+    for strategy in config.curation.strategies:
+        counts = Counter(
+            group_of[i]
+            for seed in config.curation.seeds
+            for record in merged["runs"][f"{strategy}/{seed}"]
+            for i in record["acquired"]
+        )
+        total = sum(counts.values())
+        acquired_mix[strategy] = {g: counts[g] / total for g in sorted(counts)} if total else {}
     return {
         "curves": curves,
         "efficiency": {s: data_efficiency(curves["iid"], curves[s]) for s in config.curation.strategies if s != "iid"},
         "premem_ratio_per_seed": per_seed_ratio,
+        "acquired_mix": acquired_mix,
     }
 
 
@@ -753,7 +772,8 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         "# Replication of Kang et al. (arXiv 2411.07681) at CPU scale",
         "",
         f"Made by `premem replicate` in {summary['seconds'] / 60:.1f} min with {config.jobs} process(es) on a "
-        f"machine with {summary['cpu_count']} CPU(s). Raw histories under `prediction/runs/`, curation records "
+        f"machine with {summary['cpu_count']} CPU(s) (the time of this invocation: a resumed one counts only what "
+        "it redid). Raw histories under `prediction/runs/`, curation records "
         "under `curation/`, every number below in `summary.json`.",
         "",
         "## 1. Pre-memorization accuracy predicts test accuracy",
@@ -848,8 +868,16 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         f"Pool of {config.curation_pool_size} problems of templates "
         f"{', '.join(f'`{t}`' for t in config.curation_templates)}; "
         f"{cc.rounds} rounds from {cc.initial_size} examples, +{cc.acquire_per_round} per round; each round "
-        f"trains from scratch for about {cc.steps_per_round or 'n/a'} steps; seeds {list(cc.seeds)}; test on "
-        f"{config.curation_test_size} fresh problems of all templates. Mean test accuracy over seeds:",
+        + (
+            f"fine-tunes a base model (pretrained on {config.curation_base_size} "
+            f"{', '.join(f'`{t}`' for t in config.curation_base_templates)} problems for about "
+            f"{config.curation_base_steps} steps, none of them a test problem) "
+            if config.curation_base_templates
+            else "trains a model from scratch "
+        )
+        + f"for about {cc.steps_per_round or 'n/a'} steps at learning rate {cc.learning_rate:g}; seeds "
+        f"{list(cc.seeds)}; test on {config.curation_test_size} fresh problems of all templates. Mean test "
+        "accuracy over seeds:",
         "",
         "| strategy | " + " | ".join(f"n = {n}" for n in sizes) + " | examples to reach iid's best | ratio |",
         "| --- | " + " | ".join("---:" for _ in sizes) + " | ---: | ---: |",
@@ -880,6 +908,14 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
             if premem_eff["iid_examples"] == sizes[0] and len(sizes) > 1
             else ""
         ),
+        "",
+        "What each strategy acquired (share of its acquisitions, all rounds and seeds): "
+        + "; ".join(
+            f"{strategy} " + ", ".join(f"`{g}` {share:.0%}" for g, share in mix.items())
+            for strategy, mix in cur.get("acquired_mix", {}).items()
+            if mix
+        )
+        + ".",
         "",
         *_image(output, "curation/curation.png", "test accuracy against training examples"),
     ]

@@ -159,6 +159,22 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
     assert set(curves) == set(QUICK.curation.strategies)
     assert all(sizes == [16, 24] for sizes, _ in curves.values())
     assert set(summary["curation"]["premem_ratio_per_seed"]) == {str(s) for s in QUICK.curation.seeds}
+    # what each strategy bought, by template: shares of all its acquisitions (8 per seed here)
+    _, pool, _ = _curation_data(QUICK)
+    template_of = {r["id"]: r["template"] for r in pool}
+    for strategy, mix in summary["curation"]["acquired_mix"].items():
+        acquired = json.loads((tmp_path / "curation" / f"{strategy}-0" / "curation.json").read_text())
+        assert len(acquired["runs"][f"{strategy}/0"][0]["acquired"]) == 8
+        assert sum(mix.values()) == pytest.approx(1.0) and set(mix) <= set(QUICK.curation_templates)
+    iid_counts = [
+        template_of[i]
+        for seed in QUICK.curation.seeds
+        for i in json.loads((tmp_path / "curation" / f"iid-{seed}" / "curation.json").read_text())["runs"][
+            f"iid/{seed}"
+        ][0]["acquired"]
+    ]
+    for template, share in summary["curation"]["acquired_mix"]["iid"].items():
+        assert share == pytest.approx(iid_counts.count(template) / len(iid_counts))
     # the first round is shared: one trained first round per seed, not one per strategy
     assert len(list((tmp_path / "curation").glob("*/runs/*/0/history.npz"))) == len(QUICK.curation.seeds)
     report = (tmp_path / "replication.md").read_text()
@@ -183,15 +199,15 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
         run_replication(tmp_path, config=dataclasses.replace(QUICK, curation_base_steps=5), jobs=1)
 
 
-def test_curation_rounds_fine_tune_the_base_model_on_problems_it_has_not_seen(tmp_path):
+def test_the_base_model_is_pretrained_on_its_skills_and_never_on_a_test_problem(tmp_path):
     config = dataclasses.replace(QUICK, curation_base_size=24)
     record = _curation_base(config, tmp_path / "base")
     assert record["steps"] > 0 and (tmp_path / "base" / "config.json").is_file()
     assert _curation_base(config, tmp_path / "base") == record  # kept, not trained again
     base = {(r["template"], r["question"]) for r in _base_rows(config)}
     assert len(base) == 24 and {t for t, _ in base} == set(config.curation_base_templates)
-    for rows in _curation_data(config):
-        assert not base & {(r["template"], r["question"]) for r in rows}
+    _, _, test = _curation_data(config)
+    assert not base & {(r["template"], r["question"]) for r in test}
     assert _base_rows(dataclasses.replace(config, curation_base_templates=())) == []
 
 
