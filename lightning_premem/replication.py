@@ -20,6 +20,7 @@ Every unit of work (a sweep run, a curation chain) writes its results when it en
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import itertools
 import json
@@ -359,7 +360,8 @@ def _curation_data(
 def _curation_base(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
     """Pretrain the base model the curation rounds fine-tune; saved in ``folder`` (``save_pretrained``)."""
     marker = folder / "base.json"
-    settings = _base_settings(config)
+    rows = _base_rows(config)
+    settings = _base_settings(config, rows)
     if marker.is_file():
         record: dict[str, Any] = json.loads(marker.read_text())
         if record.get("settings") != settings:
@@ -369,7 +371,6 @@ def _curation_base(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
             )
         return record
     started = time.perf_counter()
-    rows = _base_rows(config)
     L.seed_everything(0, verbose=False)
     data = ReasoningDataModule(
         rows, fields=_FIELDS, tokenizer="char", batch_size=config.curation.batch_size, max_length=128, seed=0
@@ -391,11 +392,13 @@ def _curation_base(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
     return record
 
 
-def _base_settings(config: ReplicationConfig) -> dict[str, Any]:
-    names = ("curation_base_templates", "curation_base_size", "curation_base_steps", "curation_base_learning_rate",
-             "trace_diversity")  # fmt: skip
-    settings = {name: getattr(config, name) for name in names}
+def _base_settings(config: ReplicationConfig, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Return what makes the base model what it is: its training settings and (a digest of) its problems."""
+    names = ("curation_base_steps", "curation_base_learning_rate")
+    settings: dict[str, Any] = {name: getattr(config, name) for name in names}
     settings["model"], settings["batch_size"] = config.curation.model, config.curation.batch_size
+    rows_json = json.dumps([[r["id"], r["question"], r["solution"]] for r in rows])
+    settings["rows"] = hashlib.sha256(rows_json.encode()).hexdigest()[:16]  # they depend on the curation test set
     return json.loads(json.dumps(settings, default=list))  # type: ignore[no-any-return]
 
 

@@ -15,6 +15,7 @@ from lightning_premem.replication import (
     QUICK,
     ReplicationConfig,
     _base_rows,
+    _base_settings,
     _curation_base,
     _curation_data,
     _epochs,
@@ -209,6 +210,10 @@ def test_the_base_model_is_pretrained_on_its_skills_and_never_on_a_test_problem(
     _, _, test = _curation_data(config)
     assert not base & {(r["template"], r["question"]) for r in test}
     assert _base_rows(dataclasses.replace(config, curation_base_templates=())) == []
+    # the base's problems depend on the curation test set, so the kept model is checked by its problems too
+    rows = _base_rows(config)
+    assert _base_settings(config, rows) != _base_settings(config, rows[:-1])
+    assert _base_settings(config, rows) == _base_settings(dataclasses.replace(config, jobs=1), rows)
 
 
 def test_atc_thresholds_the_training_problems_by_default(tmp_path, monkeypatch):
