@@ -176,6 +176,10 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
     ]
     for template, share in summary["curation"]["acquired_mix"]["iid"].items():
         assert share == pytest.approx(iid_counts.count(template) / len(iid_counts))
+    # every round fine-tunes the base model pretrained in curation/base
+    chain = json.loads((tmp_path / "curation" / "premem-0" / "curation.json").read_text())
+    assert chain["config"]["model"] == str(tmp_path / "curation" / "base")
+    assert (tmp_path / "curation" / "base" / "base.json").is_file()
     # the first round is shared: one trained first round per seed, not one per strategy
     assert len(list((tmp_path / "curation").glob("*/runs/*/0/history.npz"))) == len(QUICK.curation.seeds)
     report = (tmp_path / "replication.md").read_text()
