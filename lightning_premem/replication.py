@@ -234,18 +234,26 @@ def _epochs(config: ReplicationConfig, size: int) -> tuple[int, int]:
     return every * config.probes, every
 
 
+def _kept(marker: Path, settings: Mapping[str, Any], what: str) -> dict[str, Any] | None:
+    """Return the record of work already done (``marker``), or None; refuse work made with other settings."""
+    if not marker.is_file():
+        return None
+    record: dict[str, Any] = json.loads(marker.read_text())
+    if record.get("settings") != settings:
+        raise ValueError(
+            f"{marker.parent} holds {what} made with other settings: use another --output folder, or delete the "
+            "folder to start over."
+        )
+    return record
+
+
 def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folder: Path) -> dict[str, Any]:
     """Train one sweep run with both callbacks; write ``history.npz``, ``predictors.npz`` and ``run.json``."""
     marker = folder / "run.json"
     settings = _sweep_settings(config)
-    if marker.is_file():
-        record: dict[str, Any] = json.loads(marker.read_text())
-        if record.get("settings") != settings:
-            raise ValueError(
-                f"{folder} holds a sweep run made with other settings: use another --output folder, or delete the "
-                "folder to start over."
-            )
-        return record
+    kept = _kept(marker, settings, "a sweep run")
+    if kept is not None:
+        return kept
     started = time.perf_counter()
     task = _task(config)
     test, validation = _held_out(config)
@@ -362,14 +370,9 @@ def _curation_base(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
     marker = folder / "base.json"
     rows = _base_rows(config)
     settings = _base_settings(config, rows)
-    if marker.is_file():
-        record: dict[str, Any] = json.loads(marker.read_text())
-        if record.get("settings") != settings:
-            raise ValueError(
-                f"{folder} holds a base model made with other settings: use another --output folder, or delete the "
-                "folder to start over."
-            )
-        return record
+    kept = _kept(marker, settings, "a base model")
+    if kept is not None:
+        return kept
     started = time.perf_counter()
     L.seed_everything(0, verbose=False)
     data = ReasoningDataModule(
