@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,21 +124,71 @@ def synthetic_curation_data(
     seed: int = 0,
     templates: Sequence[str] | None = None,
     trace_diversity: int = 3,
+    shares: Sequence[float] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Make an initial training set, a candidate pool and a test set from the synthetic task, templates mixed.
 
     By default every template of :data:`~lightning_premem.synthetic.TEMPLATES` (from 2-step to 4-step
     problems) is in play, so strategies differ in which skills they acquire; ``templates`` picks others,
-    ``trace_diversity`` sets the randomness of the solution traces.
+    ``trace_diversity`` sets the randomness of the solution traces. Each row's template is drawn uniformly
+    (templates with fewer valid problems, the subtractions, come out a little rarer) unless ``shares`` gives
+    each template's share of every set, in the order of ``templates`` (e.g. ``(0.75, 0.25)``: a quarter of the
+    problems are of the second skill); the counts are then exact (largest remainders) and the rows shuffled.
     No problem appears twice across the three sets.
+
+    Raises:
+        ValueError: ``shares`` not one positive number per template summing to 1.
     """
-    task = ArithmeticTask(
-        templates=tuple(TEMPLATES if templates is None else templates), trace_diversity=trace_diversity
-    )
-    train = task.generate(config.initial_size, seed=seed, unique=True)
-    pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=train, unique=True)
-    test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*train, *pool], unique=True)
+    names = tuple(TEMPLATES if templates is None else templates)
+    task = ArithmeticTask(templates=names, trace_diversity=trace_diversity)
+    if shares is None:
+        train = task.generate(config.initial_size, seed=seed, unique=True)
+        pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=train, unique=True)
+        test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*train, *pool], unique=True)
+        return train, pool, test
+    weights = _check_shares(shares, names)
+    train = _draw_mix(task, weights, config.initial_size, seed, 0, [])
+    pool = _draw_mix(task, weights, pool_size, seed + 1, 100_000, train)
+    test = _draw_mix(task, weights, test_size, seed + 2, 200_000, [*train, *pool])
     return train, pool, test
+
+
+def _check_shares(shares: Sequence[float], templates: Sequence[str]) -> dict[str, float]:
+    """Return ``{template: share}`` for one positive share per template summing to 1, or raise ``ValueError``."""
+    values = list(shares) if isinstance(shares, Sequence) and not isinstance(shares, str) else None
+    if values is None or len(values) != len(templates):
+        raise ValueError(
+            f"`shares` must give one share per template ({len(templates)}: {', '.join(templates)}), got {shares!r}."
+        )
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in values):
+        raise ValueError(f"every share must be a number in (0, 1], got {values!r}.")
+    if abs(sum(values) - 1) > 1e-6:
+        raise ValueError(f"`shares` must sum to 1, got {values!r} (sum {sum(values):.6g}).")
+    if len(set(templates)) != len(templates):
+        raise ValueError(f"`templates` must not repeat a template when `shares` are given, got {list(templates)!r}.")
+    return dict(zip(templates, (float(v) for v in values), strict=True))
+
+
+def _draw_mix(
+    task: ArithmeticTask,
+    weights: Mapping[str, float],
+    n: int,
+    seed: int,
+    start_id: int,
+    exclude: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """``n`` rows with exactly ``round(share * n)`` of each template (largest remainders), shuffled by ``seed``."""
+    quotas = {name: n * share for name, share in weights.items()}
+    counts = {name: int(q) for name, q in quotas.items()}
+    for name in sorted(quotas, key=lambda k: counts[k] - quotas[k])[: n - sum(counts.values())]:
+        counts[name] += 1
+    rows: list[dict[str, Any]] = []
+    for name, count in counts.items():
+        rows += task.generate(
+            count, seed=seed, start_id=start_id + len(rows), templates=[name], exclude=exclude, unique=True
+        )
+    random.Random(seed).shuffle(rows)
+    return rows
 
 
 def run_curation(

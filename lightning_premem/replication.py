@@ -44,6 +44,7 @@ import torch
 from lightning_premem.acquisition import (
     _FIELDS,
     CurationConfig,
+    _check_shares,
     _quiet_trainer,
     _write_outputs,
     run_curation,
@@ -71,7 +72,7 @@ def _default_curation() -> CurationConfig:
         seeds=(0, 1, 2),
         rounds=3,
         initial_size=1024,
-        acquire_per_round=1024,
+        acquire_per_round=1536,  # 1,024 -> 2,560 -> 4,096 examples
         steps_per_round=1024,
         max_probe_examples=200,
         learning_rate=1e-3,  # fine-tuning the base model: a third of its pretraining rate
@@ -114,6 +115,9 @@ class ReplicationConfig:
     curation: CurationConfig = field(default_factory=_default_curation)
     curation_templates: tuple[str, ...] = ("a+b*c", "a-b*c")
     """Templates of the curation pool and test problems: the base model's skill and a new one."""
+    curation_shares: tuple[float, ...] | None = (0.75, 0.25)
+    """Each curation template's share of the initial training set, the pool and the test problems (same order):
+    most of the task is the skill the base model has, a quarter is new. ``None``: templates drawn uniformly."""
     curation_base_templates: tuple[str, ...] = ("a+b*c",)
     """Skills of the base model that every curation round fine-tunes, as the paper fine-tunes a pretrained LLM that
     already solves part of its data; empty: every round trains from scratch."""
@@ -155,6 +159,8 @@ class ReplicationConfig:
                 "a curation base model is pretrained from `curation.model`, which must then be a config mapping "
                 f"(got {self.curation.model!r}); set curation_base_templates=() to fine-tune that model instead."
             )
+        if self.curation_shares is not None:
+            _check_shares(self.curation_shares, self.curation_templates)
         if "premem" not in self.curation.strategies or "iid" not in self.curation.strategies:
             raise ValueError("the curation strategies must include 'premem' and 'iid' (their ratio is the result).")
 
@@ -362,6 +368,7 @@ def _curation_data(
         test_size=config.curation_test_size,
         templates=config.curation_templates,
         trace_diversity=config.trace_diversity,
+        shares=config.curation_shares,
     )
 
 
@@ -872,7 +879,15 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
         "## 3. Curation by pre-memorization accuracy",
         "",
         f"Pool of {config.curation_pool_size} problems of templates "
-        f"{', '.join(f'`{t}`' for t in config.curation_templates)}; "
+        + (
+            ", ".join(
+                f"`{t}` ({share:.0%})"
+                for t, share in zip(config.curation_templates, config.curation_shares, strict=True)
+            )
+            if config.curation_shares
+            else ", ".join(f"`{t}`" for t in config.curation_templates)
+        )
+        + " (the initial set and the test problems have the same mix); "
         f"{cc.rounds} rounds from {cc.initial_size} examples, +{cc.acquire_per_round} per round; each round "
         + (
             f"fine-tunes a base model (pretrained on {config.curation_base_size} "

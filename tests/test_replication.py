@@ -136,6 +136,9 @@ def test_sweep_epochs_give_the_probes_and_about_the_steps():
         ({"curation": CurationConfig(strategies=("iid", "random"))}, "must include 'premem' and 'iid'"),
         ({"atc_queries": "validation"}, "`atc_queries` must be 'train' or 'test'"),
         ({"curation": CurationConfig(model="path/to/model")}, "must then be a config mapping"),
+        ({"curation_shares": (0.5,)}, "one share per template"),
+        ({"curation_shares": (0.75, 0.5)}, "must sum to 1"),
+        ({"curation_shares": (1.0, 0.0)}, r"in \(0, 1\]"),
     ],
 )
 def test_bad_settings_are_reported(changes, match):
@@ -202,6 +205,25 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
         run_replication(tmp_path, config=dataclasses.replace(QUICK, temperature=0.5), jobs=1)
     with pytest.raises(ValueError, match="base model made with other settings"):
         run_replication(tmp_path, config=dataclasses.replace(QUICK, curation_base_steps=5), jobs=1)
+
+
+def test_curation_sets_have_the_templates_in_the_given_shares():
+    train, pool, test = _curation_data(ReplicationConfig())  # shares (0.75, 0.25) of ("a+b*c", "a-b*c")
+    for rows, n in ((train, 1024), (pool, 5000), (test, 400)):
+        assert len(rows) == n and sum(r["template"] == "a-b*c" for r in rows) == n // 4
+        assert sum(r["template"] == "a+b*c" for r in rows) == n - n // 4
+        # shuffled, not one template after the other
+        assert {r["template"] for r in rows[: n // 8]} == {"a+b*c", "a-b*c"}
+    problems = [r["question"] for r in [*train, *pool, *test]]
+    assert len(set(problems)) == len(problems)  # no problem in two sets, nor twice in one
+    assert len({r["id"] for r in [*train, *pool, *test]}) == len(problems)
+    # sizes the shares do not divide: largest remainders (6.75 + 3.25 -> 7 + 3, 5.4 + 2.6 -> 5 + 3)
+    odd = dataclasses.replace(QUICK, curation_test_size=10, curation_pool_size=8, curation_shares=(0.675, 0.325))
+    _, pool, ten = _curation_data(odd)
+    assert [sum(r["template"] == t for r in ten) for t in ("a+b*c", "a-b*c")] == [7, 3]
+    assert [sum(r["template"] == t for r in pool) for t in ("a+b*c", "a-b*c")] == [5, 3]
+    uniform = dataclasses.replace(QUICK, curation_shares=None)
+    assert {r["template"] for r in _curation_data(uniform)[1]} == {"a+b*c", "a-b*c"}
 
 
 def test_the_base_model_is_pretrained_on_its_skills_and_never_on_a_test_problem(tmp_path):
