@@ -25,8 +25,7 @@ import lightning as L  # noqa: N812  (the library's own convention)
 from lightning_premem.callback import PreMemorizationCallback, _atomic_write
 from lightning_premem.curation import STRATEGIES, select_for_acquisition
 from lightning_premem.data import ReasoningDataModule
-from lightning_premem.demo import gpt_config
-from lightning_premem.module import CausalLMModule
+from lightning_premem.demo import _training_module, gpt_config
 from lightning_premem.synthetic import TEMPLATES, ArithmeticTask
 
 __all__ = ["CurationConfig", "run_curation", "synthetic_curation_data"]
@@ -320,12 +319,8 @@ def _train_round(
         answer_kind=config.answer_kind,  # type: ignore[arg-type]
         seed=seed,
     )
-    model = CausalLMModule(
-        dict(config.model) if isinstance(config.model, Mapping) else config.model,
-        data.tokenizer,
-        learning_rate=config.learning_rate,
-        warmup_ratio=0.04,
-        betas=(0.9, 0.95),
+    model = _training_module(
+        dict(config.model) if isinstance(config.model, Mapping) else config.model, data.tokenizer, config.learning_rate
     )
     epochs, every = _round_epochs(config, len(train))
     callback = PreMemorizationCallback(

@@ -110,6 +110,14 @@ def gpt_config(n_layer: int, n_embd: int, n_head: int, *, dropout: float = 0.0) 
     }
 
 
+def _training_module(model: Any, tokenizer: Any, learning_rate: float) -> CausalLMModule:
+    """Return the package's own training recipe (demo, sweep, base model, curation rounds).
+
+    AdamW with betas (0.9, 0.95), 4 % linear warmup, then linear decay.
+    """
+    return CausalLMModule(model, tokenizer, learning_rate=learning_rate, warmup_ratio=0.04, betas=(0.9, 0.95))
+
+
 def demo_rows(config: DemoConfig) -> tuple[ArithmeticTask, list[dict[str, Any]], list[dict[str, Any]]]:
     """Return the demo's task, training problems and fresh test problems (none repeats a training problem)."""
     task = ArithmeticTask(templates=config.templates, trace_diversity=config.trace_diversity)
@@ -186,12 +194,8 @@ def run_demo(
         max_length=128,
         seed=config.seed,
     )
-    model = CausalLMModule(
-        gpt_config(config.n_layer, config.n_embd, config.n_head, dropout=config.dropout),
-        "char",
-        learning_rate=config.learning_rate,
-        warmup_ratio=0.04,
-        betas=(0.9, 0.95),
+    model = _training_module(
+        gpt_config(config.n_layer, config.n_embd, config.n_head, dropout=config.dropout), "char", config.learning_rate
     )
     threshold = config.threshold or demo_threshold(task, train_rows, model.tokenizer)
     callback = PreMemorizationCallback(

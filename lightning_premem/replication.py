@@ -53,8 +53,7 @@ from lightning_premem.acquisition import (
 from lightning_premem.callback import HISTORY_FILE, PreMemorizationCallback, _atomic_write
 from lightning_premem.curation import STRATEGIES
 from lightning_premem.data import ReasoningDataModule
-from lightning_premem.demo import demo_threshold, gpt_config
-from lightning_premem.module import CausalLMModule
+from lightning_premem.demo import _training_module, demo_threshold, gpt_config
 from lightning_premem.predictors import PREDICTORS_FILE, BaselinePredictorsCallback
 from lightning_premem.synthetic import ArithmeticTask
 from lightning_premem.tokenization import char_tokenizer
@@ -269,13 +268,7 @@ def _sweep_run(config: ReplicationConfig, size: int, lr: float, seed: int, folde
     data = ReasoningDataModule(
         train, test=test, fields=_FIELDS, tokenizer="char", batch_size=config.batch_size, max_length=128, seed=seed
     )
-    model = CausalLMModule(
-        gpt_config(config.n_layer, config.n_embd, config.n_head),
-        "char",
-        learning_rate=lr,
-        warmup_ratio=0.04,
-        betas=(0.9, 0.95),
-    )
+    model = _training_module(gpt_config(config.n_layer, config.n_embd, config.n_head), "char", lr)
     sampling: dict[str, Any] = {
         "num_samples": config.num_samples,
         "temperature": config.temperature,
@@ -385,12 +378,10 @@ def _curation_base(config: ReplicationConfig, folder: Path) -> dict[str, Any]:
     data = ReasoningDataModule(
         rows, fields=_FIELDS, tokenizer="char", batch_size=config.curation.batch_size, max_length=128, seed=0
     )
-    model = CausalLMModule(
+    model = _training_module(
         dict(config.curation.model),  # type: ignore[arg-type]  # a mapping: checked by ReplicationConfig
         "char",
-        learning_rate=config.curation_base_learning_rate,
-        warmup_ratio=0.04,
-        betas=(0.9, 0.95),
+        config.curation_base_learning_rate,
     )
     epochs = max(1, round(config.curation_base_steps * config.curation.batch_size / len(rows)))
     trainer = _quiet_trainer(epochs, [], accelerator="cpu")
@@ -644,22 +635,25 @@ def _curation(config: ReplicationConfig, folder: Path, chains: Sequence[Mapping[
     }  # fmt: skip
     _, pool, _ = _curation_data(config)
     group_of = {int(r["id"]): r[config.curation.group_key] for r in pool}
-    acquired_mix = {}  # strategy -> group -> share of its acquisitions (all rounds and seeds)
+    acquired_mix = {}  # strategy -> one {group: share} per acquisition (over seeds)
     for strategy in config.curation.strategies:
-        counts = Counter(
-            group_of[i]
-            for seed in config.curation.seeds
-            for record in merged["runs"][f"{strategy}/{seed}"]
-            for i in record["acquired"]
-        )
-        total = sum(counts.values())
-        acquired_mix[strategy] = {g: counts[g] / total for g in sorted(counts)} if total else {}
+        records = [merged["runs"][f"{strategy}/{seed}"] for seed in config.curation.seeds]
+        acquired_mix[strategy] = [
+            _shares(Counter(group_of[i] for chain in records for i in chain[index]["acquired"]))
+            for index in range(config.curation.rounds - 1)
+        ]
     return {
         "curves": curves,
         "efficiency": {s: data_efficiency(curves["iid"], curves[s]) for s in config.curation.strategies if s != "iid"},
         "premem_ratio_per_seed": per_seed_ratio,
         "acquired_mix": acquired_mix,
     }
+
+
+def _shares(counts: Counter[Any]) -> dict[Any, float]:
+    """``{group: share}`` of a count, groups sorted; empty for no counts."""
+    total = sum(counts.values())
+    return {g: counts[g] / total for g in sorted(counts)} if total else {}
 
 
 # --------------------------------------------------------------------------- the command
@@ -930,11 +924,12 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
             else ""
         ),
         "",
-        "What each strategy acquired (share of its acquisitions, all rounds and seeds): "
+        "What each strategy acquired (each acquisition's mix, over seeds): "
         + "; ".join(
-            f"{strategy} " + ", ".join(f"`{g}` {share:.0%}" for g, share in mix.items())
-            for strategy, mix in cur.get("acquired_mix", {}).items()
-            if mix
+            f"{strategy} "
+            + " then ".join("(" + ", ".join(f"`{g}` {share:.0%}" for g, share in mix.items()) + ")" for mix in mixes)
+            for strategy, mixes in cur.get("acquired_mix", {}).items()
+            if any(mixes)
         )
         + ".",
         "",

@@ -163,13 +163,14 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
     assert set(curves) == set(QUICK.curation.strategies)
     assert all(sizes == [16, 24] for sizes, _ in curves.values())
     assert set(summary["curation"]["premem_ratio_per_seed"]) == {str(s) for s in QUICK.curation.seeds}
-    # what each strategy bought, by template: shares of all its acquisitions (8 per seed here)
+    # what each strategy bought, by template: the shares of each acquisition over seeds (one of 8 per seed here)
     _, pool, _ = _curation_data(QUICK)
     template_of = {r["id"]: r["template"] for r in pool}
-    for strategy, mix in summary["curation"]["acquired_mix"].items():
+    for strategy, mixes in summary["curation"]["acquired_mix"].items():
         acquired = json.loads((tmp_path / "curation" / f"{strategy}-0" / "curation.json").read_text())
         assert len(acquired["runs"][f"{strategy}/0"][0]["acquired"]) == 8
-        assert sum(mix.values()) == pytest.approx(1.0) and set(mix) <= set(QUICK.curation_templates)
+        assert len(mixes) == QUICK.curation.rounds - 1
+        assert sum(mixes[0].values()) == pytest.approx(1.0) and set(mixes[0]) <= set(QUICK.curation_templates)
     iid_counts = [
         template_of[i]
         for seed in QUICK.curation.seeds
@@ -177,7 +178,7 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
             f"iid/{seed}"
         ][0]["acquired"]
     ]
-    for template, share in summary["curation"]["acquired_mix"]["iid"].items():
+    for template, share in summary["curation"]["acquired_mix"]["iid"][0].items():
         assert share == pytest.approx(iid_counts.count(template) / len(iid_counts))
     # every round fine-tunes the base model pretrained in curation/base
     chain = json.loads((tmp_path / "curation" / "premem-0" / "curation.json").read_text())
