@@ -176,7 +176,7 @@ def _draw_mix(
     start_id: int,
     exclude: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
-    """``n`` rows with exactly ``round(share * n)`` of each template (largest remainders), shuffled by ``seed``."""
+    """``n`` rows, ``share * n`` of each template rounded by largest remainders (the counts sum to ``n``), shuffled."""
     quotas = {name: n * share for name, share in weights.items()}
     counts = {name: int(q) for name, q in quotas.items()}
     for name in sorted(quotas, key=lambda k: counts[k] - quotas[k])[: n - sum(counts.values())]:
