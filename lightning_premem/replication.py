@@ -489,24 +489,25 @@ def _run_jobs(
 
 
 def data_efficiency(
-    iid: tuple[Sequence[int], Sequence[float]], premem: tuple[Sequence[int], Sequence[float]]
+    iid: tuple[Sequence[int], Sequence[float]], curated: tuple[Sequence[int], Sequence[float]]
 ) -> dict[str, Any]:
     """Return the data-efficiency ratio of a curation strategy over i.i.d. acquisition (Kang et al., Figure 6).
 
-    ``iid`` and ``premem`` are ``(training-set sizes, test accuracies)`` curves. The ratio is the number of
-    examples i.i.d. acquisition needs to reach its best accuracy divided by the number the other strategy
-    needs to reach the same accuracy, read off its curve by linear interpolation between rounds.
+    ``iid`` and ``curated`` (``premem`` or another strategy) are ``(training-set sizes, test accuracies)``
+    curves. The ratio is the number of examples i.i.d. acquisition needs to reach its best accuracy divided by
+    the number the curated strategy needs to reach the same accuracy, read off its curve by linear
+    interpolation between rounds.
 
     Returns:
-        ``{"iid_best", "iid_examples", "premem_examples", "ratio"}``; ``premem_examples`` and ``ratio`` are
-        ``None`` when the other curve never reaches i.i.d.'s best.
+        ``{"iid_best", "iid_examples", "examples", "ratio"}``; ``examples`` (the curated strategy's) and
+        ``ratio`` are ``None`` when its curve never reaches i.i.d.'s best.
 
     Example:
         >>> data_efficiency(([100, 200, 300], [0.1, 0.2, 0.3]), ([100, 200, 300], [0.2, 0.4, 0.5]))["ratio"]
         2.0
     """
-    (iid_sizes, iid_acc), (sizes, acc) = iid, premem
-    for name, (n, a) in (("iid", iid), ("premem", premem)):
+    (iid_sizes, iid_acc), (sizes, acc) = iid, curated
+    for name, (n, a) in (("iid", iid), ("curated", curated)):
         if len(n) != len(a) or not len(n):
             raise ValueError(
                 f"the {name} curve needs as many sizes as accuracies (at least one), got {len(n)}, {len(a)}."
@@ -527,7 +528,7 @@ def data_efficiency(
     return {
         "iid_best": best,
         "iid_examples": needed,
-        "premem_examples": reached,
+        "examples": reached,
         "ratio": None if reached is None else needed / reached,
     }
 
@@ -899,7 +900,7 @@ def _markdown(config: ReplicationConfig, summary: Mapping[str, Any], output: Pat
     ]
     for strategy, (_, accuracy) in cur["curves"].items():
         eff = cur["efficiency"].get(strategy)
-        reach = f"{eff['premem_examples']:.0f}" if eff and eff["premem_examples"] is not None else (
+        reach = f"{eff['examples']:.0f}" if eff and eff["examples"] is not None else (
             "n/a" if eff else f"{cur['efficiency']['premem']['iid_examples']}")  # fmt: skip
         lines.append(
             f"| {strategy} | "

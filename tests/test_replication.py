@@ -30,25 +30,25 @@ def test_data_efficiency_reads_the_crossing_off_the_curve():
     iid = ([100, 200, 300], [0.1, 0.2, 0.3])
     # premem reaches iid's best (0.3 at 300 examples) between 100 (0.2) and 200 (0.4): at 150 -> 300 / 150
     result = data_efficiency(iid, ([100, 200, 300], [0.2, 0.4, 0.5]))
-    assert result == {"iid_best": 0.3, "iid_examples": 300, "premem_examples": pytest.approx(150.0), "ratio": 2.0}
+    assert result == {"iid_best": 0.3, "iid_examples": 300, "examples": pytest.approx(150.0), "ratio": 2.0}
     # iid peaks early: the examples it *needs* are the first size at its best
     assert data_efficiency(([100, 200, 300], [0.1, 0.3, 0.3]), ([100, 200, 300], [0.3, 0.3, 0.3]))["ratio"] == 2.0
     never = data_efficiency(iid, ([100, 200, 300], [0.1, 0.15, 0.29]))
-    assert never["premem_examples"] is None and never["ratio"] is None
+    assert never["examples"] is None and never["ratio"] is None
     assert data_efficiency(iid, iid)["ratio"] == 1.0
 
 
 @pytest.mark.parametrize(
-    ("iid", "premem", "match"),
+    ("iid", "curated", "match"),
     [
         (([100, 200], [0.1]), ([100, 200], [0.1, 0.2]), "as many sizes as accuracies"),
         (([200, 100], [0.1, 0.2]), ([100, 200], [0.1, 0.2]), "sizes must increase"),
         (([], []), ([100], [0.1]), "at least one"),
     ],
 )
-def test_data_efficiency_rejects_malformed_curves(iid, premem, match):
+def test_data_efficiency_rejects_malformed_curves(iid, curated, match):
     with pytest.raises(ValueError, match=match):
-        data_efficiency(iid, premem)
+        data_efficiency(iid, curated)
 
 
 def _run(name, test, validation, accuracy, perplexity):
