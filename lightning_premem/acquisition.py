@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L  # noqa: N812  (the library's own convention)
 
 from lightning_premem.callback import PreMemorizationCallback, _atomic_write
-from lightning_premem.curation import STRATEGIES, select_for_acquisition
+from lightning_premem.curation import STRATEGIES, _largest_remainders, select_for_acquisition
 from lightning_premem.data import ReasoningDataModule
 from lightning_premem.demo import _training_module, gpt_config
 from lightning_premem.synthetic import TEMPLATES, ArithmeticTask
@@ -177,12 +177,8 @@ def _draw_mix(
     exclude: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
     """``n`` rows, ``share * n`` of each template rounded by largest remainders (the counts sum to ``n``), shuffled."""
-    quotas = {name: n * share for name, share in weights.items()}
-    counts = {name: int(q) for name, q in quotas.items()}
-    for name in sorted(quotas, key=lambda k: counts[k] - quotas[k])[: n - sum(counts.values())]:
-        counts[name] += 1
     rows: list[dict[str, Any]] = []
-    for name, count in counts.items():
+    for name, count in _largest_remainders(weights, n).items():
         rows += task.generate(
             count, seed=seed, start_id=start_id + len(rows), templates=[name], exclude=exclude, unique=True
         )

@@ -346,17 +346,20 @@ def _draw_by_demand(
             active = {key: 1 for key, rows in shuffled.items() if rows}
             if not active:
                 break
-        total = sum(active.values())
-        quotas = {key: remaining * count / total for key, count in active.items()}
-        shares = {key: int(q) for key, q in quotas.items()}
-        # largest remainders, ties by key order for determinism
-        leftovers = sorted(active, key=lambda k: (-(quotas[k] - shares[k]), str(k)))
-        for key in leftovers[: remaining - sum(shares.values())]:
-            shares[key] += 1
-        for key, share in shares.items():
+        for key, share in _largest_remainders(active, remaining).items():
             take = shuffled[key][:share]
             shuffled[key] = shuffled[key][share:]
             chosen.extend(take)
             remaining -= len(take)
         active = {key: count for key, count in active.items() if shuffled[key]}
     return chosen
+
+
+def _largest_remainders(weights: Mapping[Any, float], n: int) -> dict[Any, int]:
+    """Split ``n`` in proportion to ``weights`` into whole counts summing to ``n`` (largest remainders, ties by key)."""
+    total = sum(weights.values())
+    quotas = {key: n * weight / total for key, weight in weights.items()}
+    counts = {key: int(q) for key, q in quotas.items()}
+    for key in sorted(quotas, key=lambda k: (-(quotas[k] - counts[k]), str(k)))[: n - sum(counts.values())]:
+        counts[key] += 1
+    return counts
