@@ -147,8 +147,8 @@ def tiny_gpt2(vocab_size: int, *, n_layer: int, n_embd: int, n_head: int, n_posi
 
 def synthetic_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """``n`` (prompt, target) texts of the synthetic arithmetic task, in the callback's templates."""
-    from lightning_premem._batching import format_example
-    from lightning_premem.synthetic import ArithmeticTask
+    from lightning_premem.data.synthetic import ArithmeticTask
+    from lightning_premem.tokenization import format_example
 
     rows = ArithmeticTask(templates=("a+b*c+d",), trace_diversity=3).generate(n, seed=seed, unique=True)
     return [format_example(row) for row in rows]
@@ -156,7 +156,7 @@ def synthetic_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 def gsm8k_texts(n: int) -> list[tuple[str, str]]:
     """Return the first ``n`` GSM8K test problems as (prompt, target) texts (``~600`` characters each)."""
-    from lightning_premem._batching import format_example
+    from lightning_premem.tokenization import format_example
 
     rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:n]]
     return [format_example({"question": r["question"], "solution": r["answer"]}) for r in rows]

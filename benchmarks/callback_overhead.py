@@ -1,6 +1,6 @@
 """Callback overhead: wall time of the probes as a share of training time in ``premem demo``.
 
-Runs the CPU demo (:func:`lightning_premem.demo.run_demo`) with the callback instrumented and splits
+Runs the CPU demo (:func:`lightning_premem.experiments.demo.run_demo`) with the callback instrumented and splits
 each probe round into sampling, target perplexity, grading and logging/history files. From the
 measured per-round costs it estimates the probe share for other knob settings (probed subset,
 samples, ``every_n_epochs``). A second run probes *every* training example, to measure how the
@@ -44,8 +44,8 @@ def _instrumented_run(config: Any, folder: Path) -> tuple[dict[str, Any], Any]:
     """Run the demo with ``config``; return timings and the callback."""
     import lightning as L  # noqa: N812
 
-    from lightning_premem import callback as callback_module
-    from lightning_premem import demo as demo_module
+    from lightning_premem.callbacks import premem as callback_module
+    from lightning_premem.experiments import demo as demo_module
     from lightning_premem.probes import HFSampler
 
     clock = _Clock()
@@ -82,11 +82,7 @@ def _instrumented_run(config: Any, folder: Path) -> tuple[dict[str, Any], Any]:
             "_log_tensorboard",
             timed("tensorboard", callback_module.PreMemorizationCallback._log_tensorboard),
         ),
-        (
-            callback_module.PreMemorizationCallback,
-            "_write_history",
-            timed("history files", callback_module.PreMemorizationCallback._write_history),
-        ),
+        (callback_module, "write_history", timed("history files", callback_module.write_history)),
         (L.Trainer, "fit", timed("fit", L.Trainer.fit)),
     ]
     saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
@@ -116,12 +112,12 @@ def _knob_estimates(config: Any, measured: dict[str, Any]) -> list[dict[str, Any
     rounds = measured["rounds"]
     parts = {k: v / rounds for k, v in measured["parts_s"].items()}
     queries = config.probe_size + config.test_size
-    per_sample_query = (parts["sampling"] + parts["grading"]) / (queries * config.num_samples)
+    per_sample_query = (parts["sampling"] + parts["grading"]) / (queries * config.sampling.num_samples)
     per_train_query = parts["perplexity"] / config.probe_size
     fixed = parts["tensorboard"] + parts["history files"] + parts["other (metric, logging)"]
     train_s = measured["train_s"]
     rows = []
-    settings = [(config.probe_size, config.test_size, config.num_samples, config.every_n_epochs)]
+    settings = [(config.probe_size, config.test_size, config.sampling.num_samples, config.every_n_epochs)]
     if config.train_size >= 500:  # the grid is for the real demo; the quick run keeps its own row only
         settings += [
             (300, 300, 4, 16),
@@ -152,7 +148,7 @@ def _knob_estimates(config: Any, measured: dict[str, Any]) -> list[dict[str, Any
 
 def _subset_error(callback: Any, sizes: list[int], draws: int, seed: int = 0) -> list[dict[str, Any]]:
     """RMS error of the subset estimate of the dataset-level value vs probing all, per subset size."""
-    from lightning_premem.callback import _subset_stderr
+    from lightning_premem.callbacks.common import subset_stderr
 
     per_example = callback.metric.per_example().double()
     population = per_example.numel()
@@ -166,7 +162,7 @@ def _subset_error(callback: Any, sizes: list[int], draws: int, seed: int = 0) ->
         for _ in range(draws):
             subset = per_example[torch.randperm(population, generator=generator)[:n]]
             errors.append(float(subset.mean()) - full)
-            stderrs.append(_subset_stderr(subset.float(), population))
+            stderrs.append(subset_stderr(subset.float(), population))
         rms = math.sqrt(sum(e * e for e in errors) / draws)
         rows.append(
             {
@@ -183,7 +179,7 @@ def _subset_error(callback: Any, sizes: list[int], draws: int, seed: int = 0) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the tables and write the JSON."""
-    from lightning_premem.demo import QUICK, DemoConfig
+    from lightning_premem.experiments.demo import QUICK, DemoConfig
 
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
 

@@ -91,8 +91,8 @@ def run_workload(
     row_counts: list[int],
 ) -> dict[str, Any]:
     """Time every method on one workload; return the measurements."""
-    from lightning_premem import probes
-    from lightning_premem.probes import _token_budget_batches, encode_prompt_target, target_perplexity
+    from lightning_premem.probes import encode_prompt_target, perplexity, target_perplexity
+    from lightning_premem.probes.perplexity import _token_budget_batches
 
     pairs = [encode_prompt_target(tokenizer, p, t) for p, t in texts]
     sequences = [p + t for p, t in pairs]
@@ -108,11 +108,11 @@ def run_workload(
             if budget is None:  # as the callback calls it: its default budget, with the CPU cap
                 target_perplexity(model, pairs, pad_token_id=pad, max_batch_tokens=8192)
             else:  # the budget as given: the CPU cap lifted for the sweep
-                cap, probes._CPU_MAX_BATCH_TOKENS = probes._CPU_MAX_BATCH_TOKENS, None
+                cap, perplexity._CPU_MAX_BATCH_TOKENS = perplexity._CPU_MAX_BATCH_TOKENS, None
                 try:
                     target_perplexity(model, pairs, pad_token_id=pad, max_batch_tokens=budget)
                 finally:
-                    probes._CPU_MAX_BATCH_TOKENS = cap
+                    perplexity._CPU_MAX_BATCH_TOKENS = cap
             sync()
 
         return run
@@ -156,8 +156,8 @@ def run_workload(
         }
         if name.startswith("target_perplexity"):
             budget = 8192 if name.endswith("default") else int(name.rsplit(" ", 1)[1])
-            if name.endswith("default") and device.type == "cpu" and probes._CPU_MAX_BATCH_TOKENS is not None:
-                budget = min(budget, probes._CPU_MAX_BATCH_TOKENS)
+            if name.endswith("default") and device.type == "cpu" and perplexity._CPU_MAX_BATCH_TOKENS is not None:
+                budget = min(budget, perplexity._CPU_MAX_BATCH_TOKENS)
             row["padding_waste"] = padding_waste(lengths, _token_budget_batches(lengths, budget))
         elif name.startswith("bare forward"):
             rows_per_batch = int(name.rsplit(" ", 1)[1])

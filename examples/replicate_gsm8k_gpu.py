@@ -37,12 +37,12 @@ from lightning_premem.history import load_run_histories
 def load_model(name: str) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` from a hub name, a folder or a ``.gguf`` file (``tiny``: a random char GPT)."""
     if name == "tiny":
-        from lightning_premem.demo import gpt_config
-        from lightning_premem.module import _model_from_config
+        from lightning_premem.experiments.recipe import gpt_config
+        from lightning_premem.module import model_from_config
         from lightning_premem.tokenization import char_tokenizer
 
         tokenizer = char_tokenizer()
-        return _model_from_config({**gpt_config(1, 32, 2), "n_positions": 1024}, tokenizer), tokenizer
+        return model_from_config({**gpt_config(1, 32, 2), "n_positions": 1024}, tokenizer), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(name)

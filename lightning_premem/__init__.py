@@ -6,9 +6,8 @@ questions, counted only before it reproduces the target trace verbatim, predicts
 accuracy.
 """
 
-from lightning_premem.callback import PreMemorizationCallback
-from lightning_premem.curation import CuratedDataModule
-from lightning_premem.data import ReasoningDataModule
+from lightning_premem.callbacks import PreMemorizationCallback
+from lightning_premem.data import CuratedDataModule, ReasoningDataModule
 from lightning_premem.metric import PreMemorizationAccuracy
 from lightning_premem.module import CausalLMModule
 

@@ -175,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
+    from lightning_premem.analysis.replay import replay
     from lightning_premem.history import load_run_histories
-    from lightning_premem.replay import replay
 
     if args.threshold is not None:
         threshold, origin = args.threshold, "--threshold"
@@ -187,7 +187,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     runs = load_run_histories(args.paths)
     result = replay(runs, threshold)
     if args.plot is not None:
-        from lightning_premem.plots import plot_replay
+        from lightning_premem.analysis.plots import plot_replay
 
         plot_replay(result, args.plot)
     if args.json:
@@ -286,7 +286,7 @@ def _run_fit(cli_args: list[str]) -> int:
 def _run_curate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from lightning_premem.acquisition import QUICK, CurationConfig, run_curation, synthetic_curation_data
+    from lightning_premem.experiments.curation import QUICK, CurationConfig, run_curation, synthetic_curation_data
 
     config = QUICK if args.quick else CurationConfig()
     overrides = {
@@ -335,14 +335,14 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from lightning_premem.demo import run_demo
+    from lightning_premem.experiments.demo import run_demo
 
     run_demo(args.output, train_size=args.train_size, epochs=args.epochs, quick=args.quick)
     return 0
 
 
 def _run_replicate(args: argparse.Namespace) -> int:
-    from lightning_premem.replication import run_replication
+    from lightning_premem.experiments.replication import run_replication
 
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}.")

@@ -7,7 +7,7 @@ Definitions (Kang et al., arXiv 2411.07681), for training example ``i`` at check
 - ``pre_memorization_t(i) = min(max_{t' <= t} masked_t'(i), accuracy_t(i))``.
 
 Nothing here imports Lightning; the :class:`~lightning_premem.PreMemorizationAccuracy` metric
-calls the same private helpers, so the two agree exactly.
+calls :func:`masked_accuracy` and the same input checks, so the two agree exactly.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_premem._checks import as_float_tensor, check_history, check_perplexity, check_threshold
+
 __all__ = [
     "loglog_threshold_to_perplexity",
+    "masked_accuracy",
     "memorization_mask",
     "pre_memorization_accuracy",
     "r_squared",
@@ -57,10 +60,20 @@ def memorization_mask(perplexity: Any, threshold: float) -> Tensor:
         >>> memorization_mask([1.01, 1.5, 1.1], threshold=1.1)
         tensor([ True, False,  True])
     """
-    threshold = _check_threshold(threshold)
-    perplexity = _check_perplexity(_as_float_tensor(perplexity, "perplexity"), "perplexity")
+    threshold = check_threshold(threshold)
+    perplexity = check_perplexity(as_float_tensor(perplexity, "perplexity"), "perplexity")
     mask: Tensor = perplexity <= threshold
     return mask
+
+
+def masked_accuracy(accuracy: Tensor, memorized: Tensor) -> Tensor:
+    """Accuracy where not memorized, 0 where memorized: ``accuracy * (not memorized)``.
+
+    Example:
+        >>> masked_accuracy(torch.tensor([0.4, 1.0]), torch.tensor([False, True]))
+        tensor([0.4000, 0.0000])
+    """
+    return torch.where(memorized, torch.zeros_like(accuracy), accuracy)
 
 
 def pre_memorization_accuracy(accuracy: Any, perplexity: Any, threshold: float) -> Tensor:
@@ -87,9 +100,9 @@ def pre_memorization_accuracy(accuracy: Any, perplexity: Any, threshold: float) 
                 [0.8000, 1.0000],
                 [0.8000, 1.0000]])
     """
-    accuracy, perplexity = _check_history(accuracy, perplexity)
-    threshold = _check_threshold(threshold)
-    masked = _masked_accuracy(accuracy, perplexity <= threshold)
+    accuracy, perplexity = check_history(accuracy, perplexity)
+    threshold = check_threshold(threshold)
+    masked = masked_accuracy(accuracy, perplexity <= threshold)
     if masked.ndim == 1:
         return masked
     running_max = torch.cummax(masked, dim=0).values
@@ -119,83 +132,3 @@ def r_squared(x: Any, y: Any) -> float:
             f"R² is undefined: every `{which}` value is the same ({float(xs[0] if which == 'x' else ys[0])})."
         )
     return float((dx * dy).sum()) ** 2 / (sxx * syy)
-
-
-# --------------------------------------------------------------------------- private helpers
-# (shared with the Metric and the log readers; keep the validation in one place)
-
-
-def _masked_accuracy(accuracy: Tensor, memorized: Tensor) -> Tensor:
-    """Accuracy where not memorized, 0 where memorized."""
-    return torch.where(memorized, torch.zeros_like(accuracy), accuracy)
-
-
-def _as_float_tensor(value: Any, name: str) -> Tensor:
-    try:
-        tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            f"`{name}` must be a tensor or array-like of numbers, got {type(value).__name__}: {err}"
-        ) from None
-    if tensor.is_complex():
-        raise TypeError(f"`{name}` must be real-valued, got dtype {tensor.dtype}.")
-    if not tensor.is_floating_point():
-        tensor = tensor.to(torch.float32)
-    return tensor
-
-
-def _first_position(bad: Tensor) -> tuple[int, ...]:
-    return tuple(int(i) for i in bad.nonzero()[0])
-
-
-def _check_accuracy(accuracy: Tensor, name: str) -> Tensor:
-    bad = ~((accuracy >= 0) & (accuracy <= 1))  # also catches NaN
-    if bad.any():
-        pos = _first_position(bad)
-        raise ValueError(
-            f"`{name}` must be a fraction of correct samples in [0, 1]; {int(bad.sum())} value(s) are "
-            f"not, the first {float(accuracy[pos]):.6g} at position {pos}."
-        )
-    return accuracy
-
-
-def _check_perplexity(perplexity: Tensor, name: str) -> Tensor:
-    bad = ~(torch.isfinite(perplexity) & (perplexity >= 1))
-    if bad.any():
-        pos = _first_position(bad)
-        raise ValueError(
-            f"`{name}` must be finite and >= 1 (exp of a mean cross-entropy); {int(bad.sum())} value(s) "
-            f"are not, the first {float(perplexity[pos]):.6g} at position {pos}."
-        )
-    return perplexity
-
-
-def _check_history(
-    accuracy: Any, perplexity: Any, names: tuple[str, str] = ("accuracy", "perplexity")
-) -> tuple[Tensor, Tensor]:
-    """Validate and convert an accuracy/perplexity pair of equal ``[N]`` or ``[T, N]`` shape."""
-    acc = _as_float_tensor(accuracy, names[0])
-    ppl = _as_float_tensor(perplexity, names[1])
-    for tensor, name in ((acc, names[0]), (ppl, names[1])):
-        if tensor.ndim not in (1, 2):
-            raise ValueError(
-                f"`{name}` must be 1-D [N] or 2-D [T checkpoints, N examples], got shape {tuple(tensor.shape)}."
-            )
-    if acc.shape != ppl.shape:
-        raise ValueError(
-            f"`{names[0]}` and `{names[1]}` must have the same shape, got {tuple(acc.shape)} and {tuple(ppl.shape)}."
-        )
-    return _check_accuracy(acc, names[0]), _check_perplexity(ppl, names[1])
-
-
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, Tensor) and threshold.numel() == 1:
-        threshold = threshold.item()
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise ValueError(f"`threshold` must be a finite perplexity >= 1, got {threshold!r}.")
-    if threshold < 1:
-        raise ValueError(
-            f"`threshold` is a perplexity and must be >= 1, got {threshold}. If this is the authors' "
-            f"log-log threshold tau, pass loglog_threshold_to_perplexity({threshold}) instead."
-        )
-    return float(threshold)

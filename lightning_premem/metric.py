@@ -23,11 +23,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_premem.functional import (
-    _check_history,
-    _check_threshold,
-    _masked_accuracy,
-)
+from lightning_premem._checks import check_history, check_threshold
+from lightning_premem.functional import masked_accuracy
 
 __all__ = ["PreMemorizationAccuracy"]
 
@@ -99,7 +96,7 @@ class PreMemorizationAccuracy(Metric):
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
             raise ValueError(f"`num_examples` must be a positive int (the training-set size), got {num_examples!r}.")
         self.num_examples = num_examples
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_threshold(threshold)
         self.add_state("running_max", torch.zeros(num_examples), dist_reduce_fx="max", persistent=True)
         self.add_state(
             "latest", torch.full((num_examples,), _NEVER, dtype=torch.int64), dist_reduce_fx="max", persistent=True
@@ -110,7 +107,7 @@ class PreMemorizationAccuracy(Metric):
     def update(self, example_ids: Any, accuracy: Any, perplexity: Any, step: int | None = None) -> None:
         """Record one observation for each given example (see the class docstring)."""
         ids = self._check_ids(example_ids)
-        acc, ppl = _check_history(accuracy, perplexity)
+        acc, ppl = check_history(accuracy, perplexity)
         if acc.ndim != 1 or acc.numel() != ids.numel():
             raise ValueError(
                 f"`accuracy` and `perplexity` must be 1-D with one value per example id ({ids.numel()}), "
@@ -119,7 +116,7 @@ class PreMemorizationAccuracy(Metric):
         stamp = self._check_step(step, ids)
         memorized = (ppl <= self.threshold).to(self.latest.device)
         acc = acc.to(device=self.running_max.device, dtype=torch.float32)
-        self.running_max.scatter_reduce_(0, ids, _masked_accuracy(acc, memorized), reduce="amax")
+        self.running_max.scatter_reduce_(0, ids, masked_accuracy(acc, memorized), reduce="amax")
         steps = torch.full_like(ids, stamp)
         self.latest.scatter_reduce_(0, ids, _pack(steps, acc, memorized), reduce="amax")
         self.clock = torch.clamp(self.clock, min=stamp + 1)

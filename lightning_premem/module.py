@@ -14,7 +14,9 @@ import lightning as L  # noqa: N812  (the library's own convention)
 import torch
 from torch import Tensor
 
-__all__ = ["CausalLMModule"]
+from lightning_premem.tokenization import load_tokenizer
+
+__all__ = ["CausalLMModule", "model_from_config"]
 
 
 class CausalLMModule(L.LightningModule):
@@ -61,7 +63,7 @@ class CausalLMModule(L.LightningModule):
                 if not isinstance(value, (str, dict))
             ]
         )
-        self.tokenizer = _load_tokenizer(tokenizer)
+        self.tokenizer = None if tokenizer is None else load_tokenizer(tokenizer)
         self.model = _load_model(model, self.tokenizer)
         self.model.train()  # from_pretrained returns eval mode (dropout off); training starts in train mode
 
@@ -110,7 +112,7 @@ class CausalLMModule(L.LightningModule):
 
 def _load_model(model: Any, tokenizer: Any) -> Any:
     if isinstance(model, Mapping):
-        return _model_from_config(dict(model), tokenizer)
+        return model_from_config(model, tokenizer)
     if isinstance(model, str):
         from transformers import AutoModelForCausalLM
 
@@ -129,8 +131,14 @@ def _load_model(model: Any, tokenizer: Any) -> Any:
     return model
 
 
-def _model_from_config(config: dict[str, Any], tokenizer: Any) -> Any:
+def model_from_config(config: Mapping[str, Any], tokenizer: Any = None) -> Any:
+    """Build an untrained causal LM from a config mapping (``model_type`` and that model's fields).
+
+    ``vocab_size`` and the special-token ids default to the tokenizer's.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(config)
 
     model_type = config.pop("model_type", None)
     if not isinstance(model_type, str):
@@ -150,18 +158,3 @@ def _model_from_config(config: dict[str, Any], tokenizer: Any) -> Any:
     except (ValueError, TypeError) as err:
         raise ValueError(f"cannot build a {model_type!r} config from {config}: {err}") from None
     return AutoModelForCausalLM.from_config(hf_config)  # type: ignore[no-untyped-call]
-
-
-def _load_tokenizer(tokenizer: Any) -> Any:
-    if tokenizer == "char":
-        from lightning_premem.tokenization import char_tokenizer
-
-        return char_tokenizer()
-    if isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(tokenizer)
-        except OSError as err:
-            raise ValueError(f"cannot load a tokenizer from {tokenizer!r} ({err}).") from None
-    return tokenizer

@@ -1,15 +1,16 @@
 """A tiny GPT-2 and a toy arithmetic task for the callback tests (no downloads)."""
 
 import random
+import re
 from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lightning_premem._batching import DEFAULT_PROMPT_TEMPLATE, DEFAULT_TARGET_TEMPLATE, collate, tokenize_example
+from lightning_premem.data.batching import collate, tokenize_example
 from lightning_premem.module import CausalLMModule
-from lightning_premem.tokenization import char_tokenizer
+from lightning_premem.tokenization import DEFAULT_PROMPT_TEMPLATE, DEFAULT_TARGET_TEMPLATE, char_tokenizer
 
 ALPHABET = "0123456789+=#?\n WhatisAnswerDone."
 
@@ -61,3 +62,25 @@ class FrozenModule(CausalLMModule):
 
     def training_step(self, batch, batch_idx):
         return 0.0 * super().training_step(batch, batch_idx)
+
+
+class SeedKeyedSampler:
+    """Answers "What is a+b?" right in sample j exactly when bit j of the prompt's seed is set.
+
+    Its accuracy is a function of the seeds alone, so two probes agree on it only if they seed alike.
+    """
+
+    num_samples = 4
+
+    def sample(self, prompts, seeds):
+        out = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            a, b = re.search(r"What is (\d+)\+(\d+)\?", prompt).groups()
+            total = int(a) + int(b)
+            answers = [total if (seed >> j) & 1 else total + 1 for j in range(self.num_samples)]
+            out.append([f" {a}+{b}={answer}\n#### {answer}" for answer in answers])
+        return out
+
+    @staticmethod
+    def expected_accuracy(seeds):
+        return sum(bin(seed & 0b1111).count("1") for seed in seeds) / (4 * len(seeds))

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lightning_premem.acquisition import QUICK, run_curation, synthetic_curation_data
 from lightning_premem.cli import main
+from lightning_premem.experiments.curation import QUICK, run_curation, synthetic_curation_data
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_user_files_and_errors(tmp_path, capsys):
 
 
 def test_round_length_in_epochs_or_in_steps():
-    from lightning_premem.acquisition import _round_epochs
+    from lightning_premem.experiments.curation import _round_epochs
 
     assert _round_epochs(dataclasses.replace(QUICK, epochs=30, probe_every_n_epochs=10), 100) == (30, 10)
     assert _round_epochs(dataclasses.replace(QUICK, epochs=25, probe_every_n_epochs=10), 100) == (20, 10)

@@ -12,8 +12,6 @@ from _reference import r2_normal_equations
 from lightning_premem.analysis import (
     DEFAULT_CANDIDATES,
     PREDICTORS,
-    _average_ranks,
-    _premem_means,
     build_report,
     calibrate_threshold,
     predictor_table,
@@ -21,10 +19,12 @@ from lightning_premem.analysis import (
     split_runs,
     write_report,
 )
+from lightning_premem.analysis.calibration import premem_means
+from lightning_premem.analysis.plots import plot_calibration
+from lightning_premem.analysis.statistics import _average_ranks
 from lightning_premem.cli import main
 from lightning_premem.functional import loglog_threshold_to_perplexity, pre_memorization_accuracy
 from lightning_premem.history import RunHistory, load_run_histories
-from lightning_premem.plots import plot_calibration
 
 P_GSM8K = math.exp(math.exp(-2.3))
 
@@ -84,9 +84,9 @@ def test_spearman_errors(x, y, match):
 def test_sweep_matches_the_functional_core_and_the_hand_values():
     run = _run()
     for p, expected in BY_HAND.items():
-        np.testing.assert_allclose(_premem_means([run], p), expected, atol=1e-12)
+        np.testing.assert_allclose(premem_means([run], p), expected, atol=1e-12)
         functional = pre_memorization_accuracy(torch.as_tensor(ACC), torch.as_tensor(PPL), p).mean(dim=1).numpy()
-        np.testing.assert_allclose(_premem_means([run], p), functional, atol=1e-12)
+        np.testing.assert_allclose(premem_means([run], p), functional, atol=1e-12)
 
 
 def test_calibration_picks_the_known_best_threshold():

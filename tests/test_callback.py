@@ -12,9 +12,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_premem import PreMemorizationCallback
+from lightning_premem.callbacks import BaselinePredictorsCallback
 from lightning_premem.cli import main
 from lightning_premem.functional import pre_memorization_accuracy
 from lightning_premem.history import load_run_histories
+from lightning_premem.probes import SamplingConfig
 
 pytestmark = pytest.mark.slow
 
@@ -219,6 +221,38 @@ def test_fails_early_without_tokenizer_or_model(tmp_path):
 def test_constructor_validation(kwargs, error, match):
     with pytest.raises(error, match=match):
         PreMemorizationCallback(**kwargs)
+
+
+class _Echo:
+    num_samples = 2
+
+    def sample(self, prompts, seeds):
+        return [[" #### 1"] * 2 for _ in prompts]
+
+
+@pytest.mark.parametrize("callback_class", [PreMemorizationCallback, BaselinePredictorsCallback])
+def test_sampling_settings_are_one_object_and_never_silently_dropped(callback_class):
+    config = SamplingConfig(num_samples=3, temperature=0.5, max_new_tokens=9)
+    assert callback_class(sampling=config).sampling == config
+    assert callback_class(num_samples=3, temperature=0.5, max_new_tokens=9).sampling == config
+    assert callback_class().sampling == SamplingConfig()  # the paper's settings
+    assert callback_class(sampler=_Echo()).sampling is None
+    with pytest.raises(ValueError, match=r"`sampler=` samples with its own settings, so `num_samples` would be"):
+        callback_class(sampler=_Echo(), num_samples=3)
+    with pytest.raises(ValueError, match=r"so `sampling` would be ignored"):
+        callback_class(sampler=_Echo(), sampling=config)
+    with pytest.raises(ValueError, match=r"either as `sampling=SamplingConfig\(...\)` or as flat arguments \(top_p\)"):
+        callback_class(sampling=config, top_p=0.9)
+    with pytest.raises(TypeError, match="`sampling` must be a SamplingConfig"):
+        callback_class(sampling={"num_samples": 3})
+
+
+def test_the_built_in_sampler_samples_with_the_settings(tmp_path):
+    tok = tokenizer()
+    config = SamplingConfig(num_samples=2, temperature=1.0, max_new_tokens=5, batch_size=3)
+    callback = PreMemorizationCallback(train_examples=examples(4), sampling=config, progress=False)
+    _trainer(tmp_path, 1, logger=False, callbacks=[callback]).fit(module(tok), loader(tok, examples(4)))
+    assert callback._sampler.config == config and callback.history[-1]["num_samples"] == 2
 
 
 def test_scores_are_pushed_to_a_datamodule_that_takes_them(tmp_path):

@@ -9,7 +9,7 @@ from _tiny import examples, module, tokenizer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_premem import CuratedDataModule, PreMemorizationCallback
-from lightning_premem.curation import _WeightedEpochSampler, sampling_weights, select_for_acquisition
+from lightning_premem.data.curation import _WeightedEpochSampler, sampling_weights, select_for_acquisition
 from lightning_premem.functional import pre_memorization_accuracy
 
 FIELDS = {"question": "question", "solution": "solution", "id": "id"}

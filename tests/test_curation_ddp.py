@@ -5,7 +5,7 @@ import torch
 from _curation_ddp_worker import run
 from _ddp import spawn
 
-from lightning_premem.curation import _WeightedEpochSampler
+from lightning_premem.data.curation import _WeightedEpochSampler
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300, method="thread")]
 

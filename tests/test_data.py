@@ -14,9 +14,9 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lightning_premem._batching import IGNORE_INDEX
-from lightning_premem.callback import PreMemorizationCallback
+from lightning_premem import PreMemorizationCallback
 from lightning_premem.data import FIELD_LAYOUTS, INVALID_REASONS, ReasoningDataModule
+from lightning_premem.data.batching import IGNORE_INDEX
 from lightning_premem.module import CausalLMModule
 from lightning_premem.tokenization import char_tokenizer
 
@@ -491,14 +491,14 @@ def test_tokenizer_argument(offline_hub, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_length": 1}, ValueError, "`max_length` must be >= 2"),
+        ({"max_length": 1}, ValueError, "`max_length` must be an int >= 2"),
         ({"max_length": 100.0}, TypeError, "`max_length` must be an int"),
-        ({"batch_size": 0}, ValueError, "`batch_size` must be >= 1"),
+        ({"batch_size": 0}, ValueError, "`batch_size` must be an int >= 1"),
         ({"batch_size": True}, TypeError, "`batch_size` must be an int"),
-        ({"num_workers": -1}, ValueError, "`num_workers` must be >= 0"),
+        ({"num_workers": -1}, ValueError, "`num_workers` must be an int >= 0"),
         ({"seed": "0"}, TypeError, "`seed` must be an int"),
-        ({"max_train_examples": 0}, ValueError, "`max_train_examples` must be >= 1"),
-        ({"max_test_examples": 0}, ValueError, "`max_test_examples` must be >= 1"),
+        ({"max_train_examples": 0}, ValueError, "`max_train_examples` must be an int >= 1"),
+        ({"max_test_examples": 0}, ValueError, "`max_test_examples` must be an int >= 1"),
         ({"on_invalid": "drop"}, ValueError, "`on_invalid` must be 'skip' or 'error'"),
         ({"answer_kind": "aime"}, ValueError, "`answer_kind` must be 'auto', 'gsm8k', 'math' or None"),
         ({"hub_config": ""}, ValueError, "`hub_config` must be a non-empty string"),

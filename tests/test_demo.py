@@ -8,7 +8,7 @@ import yaml
 from conftest import ROOT
 
 from lightning_premem.cli import main
-from lightning_premem.demo import DemoConfig, demo_rows, demo_threshold
+from lightning_premem.experiments.demo import DemoConfig, demo_rows, demo_threshold
 from lightning_premem.tokenization import char_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_demo_config_file_matches_the_demo():
     assert callback["init_args"]["threshold"] == pytest.approx(demo_threshold(task, train, char_tokenizer()), abs=5e-4)
     assert callback["init_args"]["max_examples"] == config.probe_size
     assert callback["init_args"]["every_n_epochs"] == config.every_n_epochs
-    assert callback["init_args"]["num_samples"] == config.num_samples
+    assert callback["init_args"]["num_samples"] == config.sampling.num_samples
     assert yml["trainer"]["max_epochs"] == config.epochs
     assert yml["model"]["learning_rate"] == config.learning_rate
     model = yml["model"]["model"]

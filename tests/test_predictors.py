@@ -6,12 +6,11 @@ import lightning as L  # noqa: N812
 import numpy as np
 import pytest
 import torch
-from _tiny import examples, loader, module, tokenizer
+from _tiny import SeedKeyedSampler, examples, loader, module, tokenizer
 
 from lightning_premem import PreMemorizationCallback
 from lightning_premem.analysis import predictor_table
-from lightning_premem.history import load_run_histories
-from lightning_premem.predictors import (
+from lightning_premem.callbacks.predictors import (
     BaselinePredictorsCallback,
     atc_score,
     completion_confidence,
@@ -20,7 +19,9 @@ from lightning_premem.predictors import (
     gradient_variance,
     snapshot_parameters,
 )
+from lightning_premem.history import load_run_histories
 from lightning_premem.probes import encode_prompt_target, target_perplexity
+from lightning_premem.probes.seeds import STREAMS, example_seed
 
 
 def test_gradient_variance_on_known_gradients():
@@ -149,3 +150,33 @@ def test_callback_on_the_tiny_model_writes_values_the_report_joins(tmp_path):
     table = predictor_table([run], premem.threshold)
     assert table["num_points"]["distance_from_init"] == 2 and table["num_points"]["atc"] == 2
     assert table["runs"][0]["checkpoints"][1]["gradient_variance"] == pytest.approx(last["gradient_variance"])
+
+
+@pytest.mark.slow
+def test_atc_fit_samples_are_the_validation_probe_samples(tmp_path):
+    # same validation queries, same seed: ATC's fit accuracy is the callback's validation accuracy, sample for sample
+    tok = tokenizer()
+    train, held = examples(4), examples(12, seed=1, start_id=100)
+    premem = PreMemorizationCallback(
+        train_examples=train, validation_examples=held, sampler=SeedKeyedSampler(), seed=7, progress=False
+    )
+    predictors = BaselinePredictorsCallback(
+        gradient_batches=0, distance=False, atc_examples=held, atc_queries=train, sampler=SeedKeyedSampler(), seed=7
+    )
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        callbacks=[premem, predictors],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module(tok), loader(tok, train, batch_size=4))
+    expected = SeedKeyedSampler.expected_accuracy([example_seed(7, r["id"], STREAMS["validation"]) for r in held])
+    assert 0 < expected < 1
+    assert premem.history[-1]["validation_accuracy"] == pytest.approx(expected)
+    assert predictors.history[-1]["atc_fit_accuracy"] == pytest.approx(expected)
+    (run,) = load_run_histories(tmp_path / "premem")
+    assert run.validation_accuracy.tolist() == pytest.approx([expected])

@@ -6,12 +6,14 @@ import torch
 from tokenizers.processors import TemplateProcessing
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lightning_premem import probes
 from lightning_premem.probes import (
     DEFAULT_STOP,
     CompletionSampler,
     HFSampler,
     encode_prompt_target,
+    perplexity,
+    sampling,
+    seeds,
     target_perplexity,
 )
 from lightning_premem.tokenization import char_tokenizer
@@ -154,11 +156,11 @@ def test_perplexity_order_preserved_and_padding_value_irrelevant(model, pairs):
 
 def test_perplexity_batches_respect_token_budget():
     lengths = [5, 50, 7, 50, 20, 1, 33]
-    batches = probes._token_budget_batches(lengths, 100)
+    batches = perplexity._token_budget_batches(lengths, 100)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 100
-    assert probes._token_budget_batches(lengths, 1) == [[1], [3], [6], [4], [2], [0], [5]]
+    assert perplexity._token_budget_batches(lengths, 1) == [[1], [3], [6], [4], [2], [0], [5]]
 
 
 def test_perplexity_depends_on_the_prompt(model, tok):
@@ -268,7 +270,7 @@ def test_perplexity_too_long_raises_before_touching_the_model(tok, monkeypatch):
         ([([4], [-1])], {}, ValueError, "non-negative"),
         ([([4], [5.0])], {}, TypeError, "must hold ints"),
         ([([4], [10_000])], {}, ValueError, "out of range for the model's vocabulary"),
-        ([([4], [5])], {"pad_token_id": None}, ValueError, "`pad_token_id` must be an int >= 0, got None"),
+        ([([4], [5])], {"pad_token_id": None}, TypeError, "`pad_token_id` must be an int >= 0, got NoneType None"),
         ([([4], [5])], {"max_batch_tokens": 0}, ValueError, "`max_batch_tokens` must be an int >= 1, got 0"),
     ],
 )
@@ -322,13 +324,13 @@ def test_batch_independent_when_rows_stop_at_different_steps(tok, monkeypatch):
     small = char_tokenizer("ab\n")
     model = tiny_gpt2(small, seed=3)
     calls: list[tuple[int, int]] = []
-    original = probes._SeededSampling.__call__
+    original = sampling._SeededSampling.__call__
 
     def spy(self, input_ids, scores):
         calls.append((scores.shape[0], input_ids.shape[1] - self.prompt_width))
         return original(self, input_ids, scores)
 
-    monkeypatch.setattr(probes._SeededSampling, "__call__", spy)
+    monkeypatch.setattr(sampling._SeededSampling, "__call__", spy)
     kwargs = {"num_samples": 4, "temperature": 1.0, "max_new_tokens": 25, "stop": "\nb"}
     prompts, seeds = ["ab", "b", "aab\na", "a"], [5, 6, 7, 8]
     together = HFSampler(model, small, batch_size=4, **kwargs).sample(prompts, seeds)
@@ -369,17 +371,17 @@ def test_stop_string_ends_generation_early(tok):
     model = tiny_gpt2(small, seed=2)
     steps: list[int] = []
     sampler = HFSampler(model, small, num_samples=2, temperature=1.0, max_new_tokens=200, stop="a")
-    original = probes._StopString.__call__
+    original = sampling._StopString.__call__
 
     def spy(self, input_ids, scores, **kwargs):
         steps.append(input_ids.shape[1] - self.prompt_width)
         return original(self, input_ids, scores, **kwargs)
 
-    probes._StopString.__call__ = spy
+    sampling._StopString.__call__ = spy
     try:
         out = sampler.sample(["b"] * 5, list(range(5)))
     finally:
-        probes._StopString.__call__ = original
+        sampling._StopString.__call__ = original
     assert all(set(text) <= {"b"} for samples in out for text in samples)
     assert max(steps) < 200
 
@@ -519,7 +521,6 @@ def test_sampler_prompt_too_long(tok):
     ("kwargs", "match"),
     [
         ({"num_samples": 0}, "`num_samples` must be an int >= 1, got 0"),
-        ({"num_samples": 2.0}, "`num_samples` must be an int >= 1, got 2.0"),
         ({"temperature": -0.1}, r"`temperature` must be >= 0 .*got -0.1"),
         ({"temperature": float("nan")}, "`temperature` must be a finite number, got nan"),
         ({"top_p": 0.0}, r"`top_p` must be in \(0, 1\] .*got 0.0"),
@@ -532,6 +533,11 @@ def test_sampler_prompt_too_long(tok):
 def test_sampler_argument_validation(model, tok, kwargs, match):
     with pytest.raises(ValueError, match=match):
         HFSampler(model, tok, **kwargs)
+
+
+def test_sampler_argument_of_the_wrong_type(model, tok):
+    with pytest.raises(TypeError, match=r"`num_samples` must be an int >= 1, got float 2\.0"):
+        HFSampler(model, tok, num_samples=2.0)
 
 
 def test_sample_argument_validation(model, tok):
@@ -574,16 +580,16 @@ def test_top_p_sampling_distribution():
     # two tokens are eligible, renormalised to (0.625, 0.375).
     scores = torch.log(torch.tensor([[0.3, 0.5, 0.2]])).repeat(4, 1)
     u = torch.tensor([0.0, 0.6249, 0.6251, 0.999999], dtype=torch.float64)
-    assert probes._sample_top_p(scores, 1.0, 0.7, u).tolist() == [1, 1, 0, 0]
-    assert probes._sample_top_p(scores, 1.0, 1.0, u).tolist() == [1, 0, 0, 2]  # cdf (0.5, 0.8, 1)
+    assert sampling._sample_top_p(scores, 1.0, 0.7, u).tolist() == [1, 1, 0, 0]
+    assert sampling._sample_top_p(scores, 1.0, 1.0, u).tolist() == [1, 0, 0, 2]  # cdf (0.5, 0.8, 1)
     # Tiny top_p keeps only the most probable token; low temperature sharpens towards it.
-    assert probes._sample_top_p(scores, 1.0, 1e-6, u).tolist() == [1, 1, 1, 1]
-    assert probes._sample_top_p(scores, 0.01, 1.0, u).tolist() == [1, 1, 1, 1]
+    assert sampling._sample_top_p(scores, 1.0, 1e-6, u).tolist() == [1, 1, 1, 1]
+    assert sampling._sample_top_p(scores, 0.01, 1.0, u).tolist() == [1, 1, 1, 1]
     # Empirical frequencies from the counter-based uniforms.
-    key = probes._row_key(123, 0)
-    draws = torch.tensor([probes._uniform(key, t) for t in range(20_000)], dtype=torch.float64)
+    key = seeds.row_key(123, 0)
+    draws = torch.tensor([seeds.uniform(key, t) for t in range(20_000)], dtype=torch.float64)
     assert draws.min() >= 0 and draws.max() < 1 and abs(draws.mean().item() - 0.5) < 0.01
-    tokens = probes._sample_top_p(torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(20_000, 1), 1.0, 1.0, draws)
+    tokens = sampling._sample_top_p(torch.log(torch.tensor([[0.5, 0.3, 0.2]])).repeat(20_000, 1), 1.0, 1.0, draws)
     freq = torch.bincount(tokens, minlength=3).double() / len(tokens)
     torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.015, rtol=0)
 
@@ -597,20 +603,20 @@ def test_vectorised_uniforms_equal_the_scalar_hash():
     import numpy as np
 
     rng = random.Random(0)
-    keys = [probes._row_key(rng.getrandbits(64), j) for j in range(50)] + [0, 2**64 - 1]
+    keys = [seeds.row_key(rng.getrandbits(64), j) for j in range(50)] + [0, 2**64 - 1]
     for step in [0, 1, 47, 2**31, 2**64 - 1]:
-        got = probes._uniforms(np.array(keys, dtype=np.uint64), step)
+        got = seeds.uniforms(np.array(keys, dtype=np.uint64), step)
         assert got.dtype == np.float64
-        assert got.tolist() == [probes._uniform(key, step) for key in keys]
+        assert got.tolist() == [seeds.uniform(key, step) for key in keys]
 
 
 def test_stop_triggers_are_the_tokens_that_can_complete_the_stop(tok):
-    triggers = probes._trigger_tokens(tok, DEFAULT_STOP)
+    triggers = sampling._trigger_tokens(tok, DEFAULT_STOP)
     assert triggers.shape == (len(tok),) and triggers.dtype == torch.bool
     ids = {c: tok.convert_tokens_to_ids(c) for c in ".a7\n"}
     assert triggers[ids["."]] and not triggers[ids["a"]] and not triggers[ids["7"]] and not triggers[ids["\n"]]
     assert all(triggers[[tok.pad_token_id, tok.eos_token_id, tok.bos_token_id]])  # decode to nothing
-    assert probes._trigger_tokens(tok, DEFAULT_STOP) is triggers  # cached
+    assert sampling._trigger_tokens(tok, DEFAULT_STOP) is triggers  # cached
 
 
 def test_stop_check_decodes_only_after_trigger_tokens(tok):
@@ -624,8 +630,8 @@ def test_stop_check_decodes_only_after_trigger_tokens(tok):
     enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt = enc("ab")
     rows = [enc("1+1=2\nDone.xyz"), enc("3\nDone?.\nDone.")]
-    triggers = probes._trigger_tokens(tok, DEFAULT_STOP)
-    criterion = probes._StopString(
+    triggers = sampling._trigger_tokens(tok, DEFAULT_STOP)
+    criterion = sampling._StopString(
         Counting(), DEFAULT_STOP, [tok.eos_token_id], prompt_width=2, rows=2, triggers=triggers
     )
     stops = []
@@ -641,7 +647,7 @@ def test_stop_check_decodes_only_after_trigger_tokens(tok):
 
 def test_stop_check_finishes_rows_at_eos(tok):
     eos = tok.eos_token_id
-    criterion = probes._StopString(tok, DEFAULT_STOP, [eos], prompt_width=1, rows=2)
+    criterion = sampling._StopString(tok, DEFAULT_STOP, [eos], prompt_width=1, rows=2)
     assert criterion(torch.tensor([[5, 6], [5, eos]]), None).tolist() == [False, True]
     assert criterion(torch.tensor([[5, 6, 7], [5, eos, 0]]), None).tolist() == [False, True]
 
@@ -675,12 +681,12 @@ def test_perplexity_budget_is_capped_on_cpu(model, pairs, reference, monkeypatch
         return original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
 
     monkeypatch.setattr(model, "forward", spy)
-    monkeypatch.setattr(probes, "_CPU_MAX_BATCH_TOKENS", 100)
+    monkeypatch.setattr(perplexity, "_CPU_MAX_BATCH_TOKENS", 100)
     got = target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=10**9)
     longest = max(len(p) + len(t) for p, t in pairs)
     assert len(widths) > 1 and all(n <= max(100, longest) for n in widths)
     torch.testing.assert_close(got, reference, rtol=1e-4, atol=0)
-    monkeypatch.setattr(probes, "_CPU_MAX_BATCH_TOKENS", None)
+    monkeypatch.setattr(perplexity, "_CPU_MAX_BATCH_TOKENS", None)
     widths.clear()
     target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=10**9)
     assert len(widths) == 1  # uncapped: one batch

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from _reference import premem_loop, r2_normal_equations
 
+from lightning_premem.analysis.replay import replay
 from lightning_premem.cli import main
 from lightning_premem.functional import loglog_threshold_to_perplexity
 from lightning_premem.history import load_run_histories
-from lightning_premem.replay import replay
 
 P_GSM8K = math.exp(math.exp(-2.3))
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lightning_premem.acquisition import CurationConfig
 from lightning_premem.cli import main
-from lightning_premem.history import RunHistory
-from lightning_premem.replication import (
+from lightning_premem.experiments.curation import CurationConfig
+from lightning_premem.experiments.replication import (
     QUICK,
     ReplicationConfig,
     _base_rows,
@@ -19,11 +18,12 @@ from lightning_premem.replication import (
     _curation_base,
     _curation_data,
     _epochs,
-    _loo_r2,
     _run_jobs,
     data_efficiency,
     run_replication,
 )
+from lightning_premem.experiments.replication_report import _loo_r2
+from lightning_premem.history import RunHistory
 
 
 def test_data_efficiency_reads_the_crossing_off_the_curve():
@@ -203,7 +203,8 @@ def test_quick_replication_writes_everything_and_resumes(tmp_path, capsys):
     assert "Trainer.fit" not in capsys.readouterr().err
     # other sweep settings do not silently reuse these runs, nor other base settings the base model
     with pytest.raises(ValueError, match="sweep run made with other settings"):
-        run_replication(tmp_path, config=dataclasses.replace(QUICK, temperature=0.5), jobs=1)
+        other = dataclasses.replace(QUICK, sampling=dataclasses.replace(QUICK.sampling, temperature=0.5))
+        run_replication(tmp_path, config=other, jobs=1)
     with pytest.raises(ValueError, match="base model made with other settings"):
         run_replication(tmp_path, config=dataclasses.replace(QUICK, curation_base_steps=5), jobs=1)
 
@@ -244,7 +245,7 @@ def test_the_base_model_is_pretrained_on_its_skills_and_never_on_a_test_problem(
 
 
 def test_atc_thresholds_the_training_problems_by_default(tmp_path, monkeypatch):
-    import lightning_premem.replication as replication
+    import lightning_premem.experiments.replication as replication
 
     seen = {}
     real = replication.BaselinePredictorsCallback

@@ -3,12 +3,12 @@
 import lightning as L  # noqa: N812
 import numpy as np
 import pytest
-from _tiny import examples, loader, module, tokenizer
+from _tiny import SeedKeyedSampler, examples, loader, module, tokenizer
 
 from lightning_premem import PreMemorizationCallback
 from lightning_premem.analysis import build_report
 from lightning_premem.history import load_run_histories
-from lightning_premem.robustness import (
+from lightning_premem.probes.robustness import (
     DEFAULT_PERTURBATIONS,
     perturb_prompt,
     resolve_perturbations,
@@ -97,6 +97,31 @@ def test_callback_option_writes_and_logs_robust_accuracy(tmp_path):
     (relation,) = report["robustness"]
     assert relation["clean_accuracy"] == 1.0 and relation["perturbed_accuracy"][" We know that"] == 0.0
     assert sum(b["count"] for b in relation["bins"]) == 6
+
+
+@pytest.mark.slow
+def test_callback_and_robustness_accuracy_draw_the_same_samples(tmp_path):
+    # one seed function for both: with the same seed the callback's robust accuracy is robustness_accuracy's
+    tok = tokenizer()
+    train = examples(8)
+    callback = PreMemorizationCallback(
+        train_examples=train, sampler=SeedKeyedSampler(), perturbations="default", seed=5, progress=False
+    )
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=False,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module(tok), loader(tok, train))
+    standalone = robustness_accuracy(SeedKeyedSampler(), train, seed=5)
+    assert 0 < float(standalone.mean()) < 1  # the samples depend on the seeds
+    np.testing.assert_array_equal(callback.history[-1]["robust_accuracy"].numpy(), standalone.numpy())
+    assert not robustness_accuracy(SeedKeyedSampler(), train, seed=6).equal(standalone)
 
 
 def test_callback_option_needs_an_answer_anchor():

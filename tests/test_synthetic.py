@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_premem.answers import extract_gsm8k_answer, grade
-from lightning_premem.synthetic import (
+from lightning_premem.data.synthetic import (
     MAX_TRACE_DIVERSITY,
     TEMPLATES,
     ArithmeticTask,
@@ -357,12 +357,12 @@ def test_fast() -> None:
         ({"templates": ()}, ValueError, "at least one template"),
         ({"templates": "a+b*c"}, TypeError, r"`templates` must be a sequence of template names"),
         ({"templates": ["a+b"]}, ValueError, r"unknown template\(s\) \['a\+b'\]; known templates: a\+b\*c"),
-        ({"min_operand": -1}, ValueError, r"`min_operand` must be in \[0, 1000000\], got -1"),
-        ({"max_factor": 2.5}, TypeError, r"`max_factor` must be an int, got float"),
-        ({"min_factor": True}, TypeError, r"`min_factor` must be an int, got bool"),
+        ({"min_operand": -1}, ValueError, r"`min_operand` must be an int in \[0, 1000000\], got -1"),
+        ({"max_factor": 2.5}, TypeError, r"`max_factor` must be an int in \[0, 1000000\], got float"),
+        ({"min_factor": True}, TypeError, r"`min_factor` must be an int in \[0, 1000000\], got bool"),
         ({"min_operand": 50, "max_operand": 40}, ValueError, r"`min_operand` must be <= `max_operand`.*50 > .*40"),
         ({"style": "verbose"}, ValueError, r"`style` must be one of \('compact', 'words'\), got 'verbose'"),
-        ({"trace_diversity": 4}, ValueError, r"`trace_diversity` must be in \[0, 3\], got 4"),
+        ({"trace_diversity": 4}, ValueError, r"`trace_diversity` must be an int in \[0, 3\], got 4"),
         ({"trace_diversity": 1.0}, TypeError, r"`trace_diversity` must be an int"),
     ],
 )
@@ -373,11 +373,11 @@ def test_config_validation(kwargs: dict, error: type[Exception], match: str) -> 
 
 def test_generate_validation() -> None:
     task = ArithmeticTask()
-    with pytest.raises(ValueError, match=r"`n` must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"`n` must be an int >= 0, got -1"):
         task.generate(-1, seed=0)
     with pytest.raises(TypeError, match=r"`seed` must be an int, got str"):
         task.generate(1, seed="0")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`start_id` must be >= 0"):
+    with pytest.raises(ValueError, match=r"`start_id` must be an int >= 0"):
         task.generate(1, seed=0, start_id=-5)
     with pytest.raises(ValueError, match="unknown template"):
         task.generate(1, seed=0, templates=["a/b"])
@@ -385,7 +385,7 @@ def test_generate_validation() -> None:
         task.generate(1, seed=0, unique=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="its question is one of 'a\\+b\\*c'"):
         task.trace_entropy_bits({"question": "43+2*8", "template": "a*b-c"})
-    with pytest.raises(ValueError, match="`n` must be >= 1"):
+    with pytest.raises(ValueError, match="`n` must be an int >= 1"):
         task.mean_trace_entropy_bits(0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         task.style = "words"  # type: ignore[misc]

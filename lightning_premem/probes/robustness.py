@@ -16,20 +16,24 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_premem._batching import DEFAULT_PROMPT_TEMPLATE
 from lightning_premem.answers import grade
-from lightning_premem.probes import CompletionSampler, _mix64
+from lightning_premem.probes.seeds import STREAMS, example_seed
+from lightning_premem.protocols import CompletionSampler, check_sampler, sample_completions
+from lightning_premem.tokenization import DEFAULT_PROMPT_TEMPLATE
 
-__all__ = ["DEFAULT_PERTURBATIONS", "perturb_prompt", "resolve_perturbations", "robustness_accuracy"]
+__all__ = [
+    "DEFAULT_PERTURBATIONS",
+    "perturb_prompt",
+    "perturbation_seed",
+    "resolve_perturbations",
+    "robustness_accuracy",
+]
 
 #: The authors' perturbations: suffixes inserted right after ``"Answer:"``.
 DEFAULT_PERTURBATIONS: tuple[str, ...] = (" First", " We know that")
 
 #: Where a perturbation goes: right after the last occurrence of this text in the prompt.
 ANCHOR = "Answer:"
-
-_MASK64 = (1 << 64) - 1
-_SALT = 0x0B57_AC1E
 
 
 def perturb_prompt(prompt: str, suffix: str, anchor: str = ANCHOR) -> str:
@@ -79,9 +83,13 @@ def resolve_perturbations(perturbations: Sequence[str] | Literal["default"] | No
     return resolved
 
 
-def _perturbation_seed(seed: int, index: int, example_id: int) -> int:
-    """Mix a 63-bit seed from (seed, perturbation index, example id): the same stream every round and on every rank."""
-    return _mix64(_mix64((seed ^ (_SALT + index)) & _MASK64) ^ example_id) >> 1
+def perturbation_seed(seed: int, index: int, example_id: int) -> int:
+    """Seed of an example's completions under perturbation ``index``: the callback's robustness stream.
+
+    :func:`robustness_accuracy` and ``PreMemorizationCallback(perturbations=...)`` use it alike, so with the
+    same seed they draw the same completions.
+    """
+    return example_seed(seed, example_id, STREAMS["robust"] + index)
 
 
 def robustness_accuracy(
@@ -97,7 +105,8 @@ def robustness_accuracy(
 
     For each perturbation (a suffix inserted right after the last ``"Answer:"`` of
     ``prompt_template.format(**example)``) and each example, ``sampler.num_samples`` completions are
-    sampled (seeded per example, perturbation and ``seed``) and graded against the example's
+    sampled (seeded per example, perturbation and ``seed``: :func:`perturbation_seed`, the streams of the
+    callback's robustness probe, so the same seed gives the callback's samples) and graded against the example's
     ``solution`` with :func:`lightning_premem.answers.grade`.
 
     Args:
@@ -122,26 +131,16 @@ def robustness_accuracy(
                 [1.0000]])
     """
     suffixes = resolve_perturbations(perturbations)
-    if not isinstance(sampler, CompletionSampler):
-        raise TypeError(
-            f"`sampler` must implement CompletionSampler (`num_samples` and `sample(prompts, seeds)`), "
-            f"got {type(sampler).__name__}."
-        )
+    check_sampler(sampler)
     rows = list(examples)
     ids = [int(row["id"]) for row in rows]
     clean = [prompt_template.format(**row) for row in rows]
     out = torch.zeros(len(suffixes), len(rows), dtype=torch.float32)
     for index, suffix in enumerate(suffixes):
         prompts = [perturb_prompt(prompt, suffix) for prompt in clean]
-        seeds = [_perturbation_seed(seed, index, example_id) for example_id in ids]
-        completions = sampler.sample(prompts, seeds)
-        if len(completions) != len(prompts):
-            raise ValueError(
-                f"the sampler returned {len(completions)} lists of completions for {len(prompts)} prompts."
-            )
+        seeds = [perturbation_seed(seed, index, example_id) for example_id in ids]
+        completions = sample_completions(sampler, prompts, seeds)
         for column, (samples, row) in enumerate(zip(completions, rows, strict=True)):
-            if not samples:
-                raise ValueError(f"the sampler returned no completions for prompt {column}.")
             correct = sum(grade(text, str(row["solution"]), answer_kind) == "correct" for text in samples)
             out[index, column] = correct / len(samples)
     return out

@@ -30,9 +30,11 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
+
+from lightning_premem._checks import check_int
+from lightning_premem.data.templates import DEFAULT_TEMPLATES, LETTERS, TEMPLATES, Plan, Template
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -43,16 +45,12 @@ __all__ = [
     "parse_question",
 ]
 
-_Ref: TypeAlias = "str | int"  # an operand letter ("a") or the index of an earlier step's result
-_Step: TypeAlias = "tuple[str, _Ref, _Ref]"  # (operator, left, right)
-_Plan: TypeAlias = "tuple[_Step, ...]"
 _Key: TypeAlias = "tuple[str, tuple[int, ...]]"  # (template name, operands): one problem
 _Style = Literal["compact", "words"]
 
 #: The highest ``trace_diversity`` level (see :class:`ArithmeticTask`).
 MAX_TRACE_DIVERSITY = 3
 _STYLES = ("compact", "words")
-_LETTERS = "abcde"
 _COMMUTATIVE = frozenset("+*")
 _MAX_VALUE = 1_000_000
 _MAX_ATTEMPTS = 10_000  # redraws of one row (negative answer, excluded or repeated problem)
@@ -65,125 +63,6 @@ _EQUALS = ("=", " = ")  # inside each step (trace_diversity >= 3)
 # _draw_trace draws these choices as bits: keep the option counts 4, 2 and 2.
 
 
-@dataclass(frozen=True)
-class Template:
-    """One skill: an expression shape whose operands are drawn at random.
-
-    Attributes:
-        name: the expression with letters for operands, e.g. ``"a+b*c+d"``; stable, used as the
-            rows' ``template`` field and to select templates.
-        roles: one character per operand letter (``a``, ``b``, ...): ``"n"`` draws it from
-            ``[min_operand, max_operand]`` (two-digit numbers by default), ``"f"`` from
-            ``[min_factor, max_factor]`` (one-digit factors by default).
-        description: what the skill needs, in words.
-        plans: the valid evaluation orders, each a tuple of ``(op, left, right)`` steps whose
-            operands are letters or indices of earlier steps; ``plans[0]`` is the canonical one.
-        skin: the word-problem text of the ``"words"`` style (a ``str.format`` pattern).
-    """
-
-    name: str
-    roles: str
-    description: str
-    plans: tuple[_Plan, ...] = field(repr=False)
-    skin: str = field(repr=False)
-
-    @property
-    def letters(self) -> str:
-        """The operand letters, in order: ``"abcd"`` for ``"a+b*c+d"``."""
-        return _LETTERS[: len(self.roles)]
-
-    @property
-    def steps(self) -> int:
-        """The number of arithmetic steps of a solution: the template's difficulty."""
-        return len(self.plans[0])
-
-
-def _t(name: str, roles: str, description: str, plans: Sequence[_Plan], skin: str) -> Template:
-    return Template(name=name, roles=roles, description=description, plans=tuple(plans), skin=skin)
-
-
-_TEMPLATE_LIST = (
-    _t(
-        "a+b*c",
-        "nff",
-        "one-digit product, then a two-digit addition",
-        [(("*", "b", "c"), ("+", "a", 0))],
-        "{name} has {a} {item}. {pron} buys {b} {boxes} of {c} {item}. How many {item} does {name} have now?",
-    ),
-    _t(
-        "a-b*c",
-        "nff",
-        "one-digit product, then a subtraction (problems with a negative answer are redrawn)",
-        [(("*", "b", "c"), ("-", "a", 0))],
-        "{name} has {a} {item}. {pron} sells {b} {boxes} of {c} {item}. How many {item} are left?",
-    ),
-    _t(
-        "a+b*c+d",
-        "nffn",
-        "one-digit product and two additions, in any of 4 orders",
-        [
-            (("*", "b", "c"), ("+", "a", 0), ("+", 1, "d")),
-            (("*", "b", "c"), ("+", 0, "d"), ("+", "a", 1)),
-            (("*", "b", "c"), ("+", "a", "d"), ("+", 1, 0)),
-            (("+", "a", "d"), ("*", "b", "c"), ("+", 0, 1)),
-        ],
-        "{name} has {a} {item}. {pron} buys {b} {boxes} of {c} {item} and finds {d} more. "
-        "How many {item} does {name} have now?",
-    ),
-    _t(
-        "a*b+c*d",
-        "ffff",
-        "two independent one-digit products (either first), then their sum",
-        [
-            (("*", "a", "b"), ("*", "c", "d"), ("+", 0, 1)),
-            (("*", "c", "d"), ("*", "a", "b"), ("+", 1, 0)),
-        ],
-        "{name} buys {a} {boxes} of {b} {item} and {c} {boxes2} of {d} {item}. How many {item} is that?",
-    ),
-    _t(
-        "(a+b)*c",
-        "nff",
-        "a two-digit addition, then a multi-digit by one-digit product (harder)",
-        [(("+", "a", "b"), ("*", 0, "c"))],
-        "A {box} holds {a} red and {b} blue {item}. How many {item} are in {c} {boxes}?",
-    ),
-    _t(
-        "a*b-c",
-        "nfn",
-        "a two-digit by one-digit product, then a subtraction (harder; negative answers are redrawn)",
-        [(("*", "a", "b"), ("-", 0, "c"))],
-        "{name} has {a} {boxes} of {b} {item}. {pron} gives away {c} {item}. How many {item} are left?",
-    ),
-    _t(
-        "a*b*c",
-        "fff",
-        "two products, the second multi-digit by one-digit, grouped in any of 3 ways (harder)",
-        [
-            (("*", "a", "b"), ("*", 0, "c")),
-            (("*", "b", "c"), ("*", "a", 0)),
-            (("*", "a", "c"), ("*", 0, "b")),
-        ],
-        "{name} has {a} crates. Each crate holds {b} {boxes} of {c} {item}. How many {item} is that?",
-    ),
-    _t(
-        "a*b+c*d+e",
-        "ffffn",
-        "two one-digit products and two additions, in any of 4 orders (4 steps)",
-        [
-            (("*", "a", "b"), ("*", "c", "d"), ("+", 0, 1), ("+", 2, "e")),
-            (("*", "c", "d"), ("*", "a", "b"), ("+", 1, 0), ("+", 2, "e")),
-            (("*", "a", "b"), ("*", "c", "d"), ("+", 1, "e"), ("+", 0, 2)),
-            (("*", "a", "b"), ("*", "c", "d"), ("+", 0, "e"), ("+", 2, 1)),
-        ],
-        "{name} buys {a} {boxes} of {b} {item} and {c} {boxes2} of {d} {item}, and has {e} already. "
-        "How many {item} does {name} have now?",
-    ),
-)
-
-#: Every template by name, in a fixed order (the order used to draw a row's template).
-TEMPLATES: Mapping[str, Template] = MappingProxyType({t.name: t for t in _TEMPLATE_LIST})
-#: The default skills: 2-3 steps with one-digit products and two-digit sums, learnable by a tiny model.
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a+b*c", "a-b*c", "a+b*c+d", "a*b+c*d")
 
 _NAMES = (("Ann", "She"), ("Ben", "He"), ("Cara", "She"), ("Dev", "He"), ("Eva", "She"), ("Finn", "He"))
 _ITEMS = ("pens", "apples", "cards", "stamps", "shells", "coins", "beads", "eggs")
@@ -194,7 +73,7 @@ _INT_RE = re.compile(r"[0-9]+", re.ASCII)
 # ----------------------------------------------------------------------------- problems and traces
 
 
-def _run(plan: _Plan, values: Mapping[str, int]) -> list[tuple[int, str, int, int]]:
+def _run(plan: Plan, values: Mapping[str, int]) -> list[tuple[int, str, int, int]]:
     """Evaluate a plan: ``(left, op, right, result)`` per step."""
     out: list[tuple[int, str, int, int]] = []
     for op, x, y in plan:
@@ -271,7 +150,7 @@ def parse_question(question: str) -> tuple[str, tuple[int, ...]]:
     if not isinstance(question, str):
         raise TypeError(f"`question` must be a str, got {type(question).__name__}.")
     numbers = _INT_RE.findall(question)
-    if len(numbers) <= len(_LETTERS) and all(len(s) <= 7 for s in numbers):
+    if len(numbers) <= len(LETTERS) and all(len(s) <= 7 for s in numbers):
         operands = tuple(int(s) for s in numbers)
         for template in TEMPLATES.values():
             if len(template.roles) == len(operands) and any(
@@ -292,17 +171,6 @@ def _problem_key(entry: object) -> _Key:
             f"got {type(entry).__name__}."
         )
     return parse_question(question)
-
-
-def _check_int(name: str, value: object, low: int | None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
-    if low is None:
-        return value
-    if value < low or (high is not None and value > high):
-        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"`{name}` must be {expected}, got {value}.")
-    return value
 
 
 def _check_templates(name: str, templates: object) -> tuple[str, ...]:
@@ -375,14 +243,14 @@ class ArithmeticTask:
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", _check_templates("templates", self.templates))
         for name in ("min_operand", "max_operand", "min_factor", "max_factor"):
-            _check_int(name, getattr(self, name), 0, _MAX_VALUE)
+            check_int(getattr(self, name), name, minimum=0, maximum=_MAX_VALUE)
         for kind in ("operand", "factor"):
             low, high = getattr(self, f"min_{kind}"), getattr(self, f"max_{kind}")
             if low > high:
                 raise ValueError(f"`min_{kind}` must be <= `max_{kind}`, got min_{kind}={low} > max_{kind}={high}.")
         if self.style not in _STYLES:
             raise ValueError(f"`style` must be one of {_STYLES}, got {self.style!r}.")
-        _check_int("trace_diversity", self.trace_diversity, 0, MAX_TRACE_DIVERSITY)
+        check_int(self.trace_diversity, "trace_diversity", minimum=0, maximum=MAX_TRACE_DIVERSITY)
         self._check_feasible(self.templates)
 
     # ------------------------------------------------------------------ generation
@@ -472,9 +340,9 @@ class ArithmeticTask:
             >>> [r["template"] for r in pool]
             ['a*b+c*d', 'a*b+c*d', 'a*b+c*d', 'a*b+c*d']
         """
-        _check_int("n", n, 0)
-        _check_int("seed", seed, None)
-        _check_int("start_id", start_id, 0)
+        check_int(n, "n", minimum=0)
+        check_int(seed, "seed")
+        check_int(start_id, "start_id", minimum=0)
         if not isinstance(unique, bool):
             raise TypeError(f"`unique` must be a bool, got {type(unique).__name__}.")
         if templates is None:
@@ -661,6 +529,6 @@ class ArithmeticTask:
             >>> round(ArithmeticTask(templates=["a+b*c+d"]).mean_trace_entropy_bits(200), 2)
             9.88
         """
-        _check_int("n", n, 1)
+        check_int(n, "n", minimum=1)
         rows = self.generate(n, seed=seed, templates=templates)
         return sum(self.trace_entropy_bits(row) for row in rows) / n

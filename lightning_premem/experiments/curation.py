@@ -4,7 +4,7 @@ Each (strategy, seed) run starts from the same initial training set and, for ``r
 trains a model from scratch with :class:`~lightning_premem.PreMemorizationCallback`, records the
 test accuracy of its last probe against the number of training examples, then acquires
 ``acquire_per_round`` candidate-pool examples chosen by the strategy
-(:func:`~lightning_premem.curation.select_for_acquisition`) and adds them. Every finished round is
+(:func:`~lightning_premem.data.curation.select_for_acquisition`) and adds them. Every finished round is
 written to ``curation.json`` at once, so an interrupted run resumes where it stopped.
 """
 
@@ -22,17 +22,30 @@ from typing import Any
 
 import lightning as L  # noqa: N812  (the library's own convention)
 
-from lightning_premem.callback import PreMemorizationCallback, _atomic_write
-from lightning_premem.curation import STRATEGIES, _largest_remainders, select_for_acquisition
+from lightning_premem.analysis.plots import plot_curation
+from lightning_premem.callbacks import PreMemorizationCallback
 from lightning_premem.data import ReasoningDataModule
-from lightning_premem.demo import _training_module, gpt_config
-from lightning_premem.synthetic import TEMPLATES, ArithmeticTask
+from lightning_premem.data.curation import STRATEGIES, largest_remainders, select_for_acquisition
+from lightning_premem.data.synthetic import ArithmeticTask
+from lightning_premem.data.templates import TEMPLATES
+from lightning_premem.experiments.recipe import gpt_config, quiet_trainer, training_module
+from lightning_premem.history import atomic_write
+from lightning_premem.probes.sampling import SamplingConfig
 
-__all__ = ["CurationConfig", "run_curation", "synthetic_curation_data"]
+__all__ = [
+    "CURATION_FIELDS",
+    "QUICK",
+    "CurationConfig",
+    "check_shares",
+    "run_curation",
+    "synthetic_curation_data",
+    "write_curation_outputs",
+]
 
 # settings that do not change how one round trains (they change which rounds there are)
 _NOT_TRAINING = frozenset({"strategies", "seeds", "rounds", "acquire_per_round", "threshold"})
-_FIELDS = {"question": "question", "solution": "solution", "id": "id"}
+#: The ``fields`` of a ReasoningDataModule over the synthetic task's rows (they keep their own ids).
+CURATION_FIELDS = {"question": "question", "solution": "solution", "id": "id"}
 
 
 @dataclass(frozen=True)
@@ -56,8 +69,10 @@ class CurationConfig:
     """With ``steps_per_round``: probes per round. Pre-memorization accuracy needs a history: from a single
     probe, every example already memorized at it scores 0."""
     max_probe_examples: int = 300
-    num_samples: int = 4
-    max_new_tokens: int = 48
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(num_samples=4, max_new_tokens=48, batch_size=64)
+    )
+    """How the probes sample (4 answers per probed question, up to 48 tokens)."""
     batch_size: int = 32
     learning_rate: float = 1e-2
     memorization_threshold: float = 1.155
@@ -80,8 +95,6 @@ class CurationConfig:
             "epochs",
             "probe_every_n_epochs",
             "max_probe_examples",
-            "num_samples",
-            "max_new_tokens",
             "batch_size",
             "probes_per_round",
         ):
@@ -94,6 +107,8 @@ class CurationConfig:
             or self.steps_per_round < 1
         ):
             raise ValueError(f"`steps_per_round` must be a positive int or None, got {self.steps_per_round!r}.")
+        if not isinstance(self.sampling, SamplingConfig):
+            raise TypeError(f"`sampling` must be a SamplingConfig, got {type(self.sampling).__name__}.")
         if self.acquire_per_round < 0:
             raise ValueError(f"`acquire_per_round` must be >= 0, got {self.acquire_per_round!r}.")
         if not 0 <= self.threshold <= 1:
@@ -108,8 +123,7 @@ QUICK = CurationConfig(
     epochs=2,
     probe_every_n_epochs=1,
     max_probe_examples=16,
-    num_samples=1,
-    max_new_tokens=16,
+    sampling=SamplingConfig(num_samples=1, max_new_tokens=16, batch_size=64),
     batch_size=8,
     model=gpt_config(1, 32, 2),
 )
@@ -127,7 +141,7 @@ def synthetic_curation_data(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Make an initial training set, a candidate pool and a test set from the synthetic task, templates mixed.
 
-    By default every template of :data:`~lightning_premem.synthetic.TEMPLATES` (from 2-step to 4-step
+    By default every template of :data:`~lightning_premem.data.templates.TEMPLATES` (from 2-step to 4-step
     problems) is in play, so strategies differ in which skills they acquire; ``templates`` picks others,
     ``trace_diversity`` sets the randomness of the solution traces. Each row's template is drawn uniformly
     (templates with fewer valid problems, the subtractions, come out a little rarer) unless ``shares`` gives
@@ -145,14 +159,14 @@ def synthetic_curation_data(
         pool = task.generate(pool_size, seed=seed + 1, start_id=100_000, exclude=train, unique=True)
         test = task.generate(test_size, seed=seed + 2, start_id=200_000, exclude=[*train, *pool], unique=True)
         return train, pool, test
-    weights = _check_shares(shares, names)
+    weights = check_shares(shares, names)
     train = _draw_mix(task, weights, config.initial_size, seed, 0, [])
     pool = _draw_mix(task, weights, pool_size, seed + 1, 100_000, train)
     test = _draw_mix(task, weights, test_size, seed + 2, 200_000, [*train, *pool])
     return train, pool, test
 
 
-def _check_shares(shares: Sequence[float], templates: Sequence[str]) -> dict[str, float]:
+def check_shares(shares: Sequence[float], templates: Sequence[str]) -> dict[str, float]:
     """Return ``{template: share}`` for one positive share per template summing to 1, or raise ``ValueError``."""
     values = list(shares) if isinstance(shares, Sequence) and not isinstance(shares, str) else None
     if values is None or len(values) != len(templates):
@@ -178,7 +192,7 @@ def _draw_mix(
 ) -> list[dict[str, Any]]:
     """``n`` rows, ``share * n`` of each template rounded by largest remainders (the counts sum to ``n``), shuffled."""
     rows: list[dict[str, Any]] = []
-    for name, count in _largest_remainders(weights, n).items():
+    for name, count in largest_remainders(weights, n).items():
         rows += task.generate(
             count, seed=seed, start_id=start_id + len(rows), templates=[name], exclude=exclude, unique=True
         )
@@ -269,9 +283,9 @@ def run_curation(
                     record["acquired"] = [int(r["id"]) for r in chosen]
                     current = [*current, *chosen]
                 rounds.append(record)
-                _atomic_write(state_path, json.dumps(state, indent=1).encode())
+                atomic_write(state_path, json.dumps(state, indent=1).encode())
     state["seconds"] = time.perf_counter() - started
-    _write_outputs(output, state, config)
+    write_curation_outputs(output, state, config)
     return state
 
 
@@ -293,7 +307,7 @@ def _cached_round(
     callback = _train_round(config, train, test, seed, folder)
     trained = {"test_accuracy": callback.history[-1]["test_accuracy"], "scores": _scores(callback)}
     cache.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(trained).encode())
+    atomic_write(path, json.dumps(trained).encode())
     return trained
 
 
@@ -308,14 +322,14 @@ def _train_round(
     data = ReasoningDataModule(
         train,
         test=test,
-        fields=_FIELDS,
+        fields=CURATION_FIELDS,
         tokenizer=config.tokenizer,
         batch_size=config.batch_size,
         max_length=128 if config.tokenizer == "char" else 512,
         answer_kind=config.answer_kind,  # type: ignore[arg-type]
         seed=seed,
     )
-    model = _training_module(
+    model = training_module(
         dict(config.model) if isinstance(config.model, Mapping) else config.model, data.tokenizer, config.learning_rate
     )
     epochs, every = _round_epochs(config, len(train))
@@ -323,32 +337,14 @@ def _train_round(
         threshold=config.memorization_threshold,
         every_n_epochs=every,
         max_examples=config.max_probe_examples,
-        num_samples=config.num_samples,
-        max_new_tokens=config.max_new_tokens,
+        sampling=config.sampling,
         answer_kind=config.answer_kind,  # type: ignore[arg-type]
-        generation_batch_size=64,
         seed=seed,
         history_dir=folder,
         progress=False,
     )
-    _quiet_trainer(epochs, [callback]).fit(model, datamodule=data)
+    quiet_trainer(epochs, [callback]).fit(model, datamodule=data)
     return callback
-
-
-def _quiet_trainer(max_epochs: int, callbacks: list[Any], accelerator: str = "auto") -> L.Trainer:
-    """Return a one-device Trainer for runs the caller reports on itself: no logger, checkpoints or progress bar."""
-    return L.Trainer(
-        max_epochs=max_epochs,
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1.0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
 
 
 def _round_epochs(config: CurationConfig, num_train: int) -> tuple[int, int]:
@@ -376,9 +372,8 @@ def _scores(callback: PreMemorizationCallback) -> dict[int, dict[str, float]]:
     }
 
 
-def _write_outputs(output: Path, state: Mapping[str, Any], config: CurationConfig) -> None:
-    from lightning_premem.plots import plot_curation
-
+def write_curation_outputs(output: Path, state: Mapping[str, Any], config: CurationConfig) -> None:
+    """Write ``curation.png`` (mean test accuracy per strategy against training examples) and ``curation.md``."""
     curves: dict[str, tuple[Sequence[int], Sequence[float]]] = {}
     for strategy in config.strategies:
         runs = [state["runs"][f"{strategy}/{seed}"] for seed in config.seeds]

@@ -5,7 +5,7 @@ list of dicts, or a dataset-hub name such as ``"openai/gsm8k"``. Each row become
 ``{"id", "question", "solution"}`` (the columns are named by ``fields``), is checked (non-empty
 question and solution, a final answer ``answer_kind`` can read, at most ``max_length`` tokens),
 and is tokenized once as ``prompt_template`` + ``target_template`` with the prompt masked out of
-the labels (:func:`lightning_premem._batching.tokenize_example`).
+the labels (:func:`lightning_premem.data.batching.tokenize_example`).
 
 Example ids: a row's id is its 0-based position among the rows of its source (file, dataset
 split, list), or the value of the ``id`` column when ``fields`` maps one. Ids never change
@@ -20,13 +20,9 @@ See ``docs/data.md``.
 
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,23 +30,24 @@ import lightning as L  # noqa: N812  (the library's own convention)
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
-from torch.utils.data import Dataset as TorchDataset
 
-from lightning_premem._batching import (
+from lightning_premem._checks import check_int
+from lightning_premem.answers import extract_boxed, extract_gsm8k_answer
+from lightning_premem.data.batching import FeatureDataset, collate, tokenize_example
+from lightning_premem.data.sources import Source, load_hub, read_examples, resolve_source
+from lightning_premem.tokenization import (
     DEFAULT_PROMPT_TEMPLATE,
     DEFAULT_TARGET_TEMPLATE,
-    collate,
     format_example,
-    tokenize_example,
+    load_tokenizer,
+    pad_token_id,
 )
-from lightning_premem.answers import extract_boxed, extract_gsm8k_answer
-from lightning_premem.probes import _generation_pad_id
 
 if TYPE_CHECKING:
     from datasets import Dataset  # type: ignore[import-untyped, unused-ignore]
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["FIELD_LAYOUTS", "INVALID_REASONS", "SPLITS", "FeatureDataset", "ReasoningDataModule"]
+__all__ = ["FIELD_LAYOUTS", "INVALID_REASONS", "SPLITS", "ReasoningDataModule"]
 
 #: Column names of the built-in layouts: ``fields="gsm8k"`` and ``fields="math"``.
 FIELD_LAYOUTS: dict[str, dict[str, str]] = {
@@ -63,40 +60,12 @@ INVALID_REASONS = ("missing_question", "missing_solution", "no_final_answer", "t
 SPLITS = ("train", "validation", "test")
 
 _FIELD_KEYS = ("question", "solution", "id")
-_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-_HUB_NAME_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_SPLIT_NAME_RE = re.compile(r"^[\w.\-\[\]:%+]+$")  # "test", "train[:100]", "train[90%:]"
 _FIRST_IDS = 5  # ids listed per reason in reports
 _SALT = {"validation": 0x7A11, "train": 0x7EA1, "test": 0x7E57}
 
 
-@dataclass(frozen=True)
-class _Source:
-    """Where a split's rows come from (resolved at construction; nothing is read yet)."""
-
-    kind: Literal["file", "hub", "dataset", "records"]
-    label: str
-    path: Path | None = None
-    hub_name: str | None = None
-    hub_split: str | None = None
-    data: Any = None
 
 
-class FeatureDataset(TorchDataset[dict[str, Any]]):
-    """A map-style dataset over tokenized examples (``input_ids``, ``labels``, ``example_id``).
-
-    Args:
-        features: the tokenized examples, as :func:`~lightning_premem._batching.tokenize_example` returns them.
-    """
-
-    def __init__(self, features: Sequence[dict[str, Any]]) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.features[index]
 
 
 class ReasoningDataModule(L.LightningDataModule):
@@ -184,13 +153,13 @@ class ReasoningDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_int(max_length, "max_length", minimum=2)
-        _check_int(batch_size, "batch_size", minimum=1)
-        _check_int(num_workers, "num_workers", minimum=0)
-        _check_int(seed, "seed")
+        check_int(max_length, "max_length", minimum=2)
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(num_workers, "num_workers", minimum=0)
+        check_int(seed, "seed")
         for name, limit in (("max_train_examples", max_train_examples), ("max_test_examples", max_test_examples)):
             if limit is not None:
-                _check_int(limit, name, minimum=1)
+                check_int(limit, name, minimum=1)
         if on_invalid not in ("skip", "error"):
             raise ValueError(f"`on_invalid` must be 'skip' or 'error', got {on_invalid!r}.")
         if answer_kind not in ("auto", "gsm8k", "math", None):
@@ -210,10 +179,10 @@ class ReasoningDataModule(L.LightningDataModule):
         self.fields = _check_fields(fields)
         _check_templates(prompt_template, target_template)
 
-        self._sources: dict[str, _Source | None] = {"train": _resolve_source(train, "train", None)}
+        self._sources: dict[str, Source | None] = {"train": resolve_source(train, "train", None)}
         train_hub = self._sources["train"].hub_name if self._sources["train"] is not None else None
-        self._sources["validation"] = _resolve_source(validation, "validation", train_hub)
-        self._sources["test"] = _resolve_source(test, "test", train_hub)
+        self._sources["validation"] = resolve_source(validation, "validation", train_hub)
+        self._sources["test"] = resolve_source(test, "test", train_hub)
         if hub_config is not None and not any(s is not None and s.kind == "hub" for s in self._sources.values()):
             raise ValueError(
                 f"`hub_config`={hub_config!r} applies to hub datasets only, and no source is one; drop it or pass a "
@@ -221,8 +190,8 @@ class ReasoningDataModule(L.LightningDataModule):
             )
 
         self.hub_config = hub_config
-        self.tokenizer = _load_tokenizer(tokenizer)
-        self.pad_token_id = _generation_pad_id(self.tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.pad_token_id = pad_token_id(self.tokenizer)
         self.prompt_template = prompt_template
         self.target_template = target_template
         self.max_length = max_length
@@ -258,7 +227,7 @@ class ReasoningDataModule(L.LightningDataModule):
         """Download the hub sources into the ``datasets`` cache (local sources need nothing)."""
         for source in self._sources.values():
             if source is not None and source.kind == "hub":
-                _load_hub(source, self.hub_config)
+                load_hub(source, self.hub_config)
 
     def setup(self, stage: str | None = None) -> None:
         """Read, check and tokenize the splits ``stage`` needs (all for ``None``); each split is built once.
@@ -394,7 +363,7 @@ class ReasoningDataModule(L.LightningDataModule):
         if source is None:
             self.invalid_rows.pop(split, None)
             return [], []
-        examples = _read_examples(source, self.fields, self.hub_config)
+        examples = read_examples(source, self.fields, self.hub_config)
         invalid: dict[str, list[int]] = {reason: [] for reason in INVALID_REASONS}
         rows: list[dict[str, Any]] = []
         features: list[dict[str, Any]] = []
@@ -434,7 +403,7 @@ class ReasoningDataModule(L.LightningDataModule):
             return "no_final_answer"
         return None
 
-    def _invalid_report(self, source: _Source, invalid: Mapping[str, list[int]], total: int) -> str:
+    def _invalid_report(self, source: Source, invalid: Mapping[str, list[int]], total: int) -> str:
         hints = {
             "missing_question": "a missing, empty or non-text question",
             "missing_solution": "a missing, empty or non-text solution",
@@ -456,11 +425,6 @@ class ReasoningDataModule(L.LightningDataModule):
 # ---------------------------------------------------------------------- argument checks
 
 
-def _check_int(value: Any, name: str, minimum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
 
 
 def _check_validation_size(value: Any) -> int | float:
@@ -518,224 +482,22 @@ def _check_templates(prompt_template: Any, target_template: Any) -> None:
         ) from None
 
 
-def _load_tokenizer(tokenizer: Any) -> Any:
-    if isinstance(tokenizer, str):
-        if tokenizer == "char":
-            from lightning_premem.tokenization import char_tokenizer
-
-            return char_tokenizer()
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(tokenizer)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"cannot load a tokenizer from {tokenizer!r} ({err}). Pass 'char' for the built-in character "
-                "tokenizer, a local folder holding a saved tokenizer, a hub name on a machine that can reach the hub, "
-                "or a tokenizer object."
-            ) from None
-    if not callable(tokenizer) or not callable(getattr(tokenizer, "decode", None)):
-        raise TypeError(
-            f"`tokenizer` must be 'char', a path or hub name, or a Hugging Face tokenizer, "
-            f"got {type(tokenizer).__name__}."
-        )
-    return tokenizer
 
 
-# ---------------------------------------------------------------------- sources
 
 
-def _resolve_source(value: Any, split: str, train_hub: str | None) -> _Source | None:
-    """Classify a split's source without reading it."""
-    if value is None:
-        if split == "train":
-            raise ValueError("`train` is required: a file path, a hub name, a datasets.Dataset or a list of dicts.")
-        return None
-    if isinstance(value, (str, Path)):
-        path = Path(value).expanduser()
-        if path.is_file():
-            if path.suffix.lower() not in _SUFFIXES:
-                raise ValueError(
-                    f"`{split}`: cannot read {str(value)!r}: supported file types are {sorted(_SUFFIXES)} "
-                    "(or load it into a datasets.Dataset and pass that)."
-                )
-            return _Source("file", f"{split} file {str(value)!r}", path=path)
-        if path.is_dir():
-            raise ValueError(f"`{split}`={str(value)!r} is a folder; pass a data file ({sorted(_SUFFIXES)}).")
-        if isinstance(value, str):
-            if split != "train" and train_hub is not None and "/" not in value and _SPLIT_NAME_RE.match(value):
-                return _Source(
-                    "hub", f"{split} split {value!r} of hub dataset {train_hub!r}", hub_name=train_hub, hub_split=value
-                )
-            if _HUB_NAME_RE.match(value) and path.suffix.lower() not in _SUFFIXES:
-                return _Source("hub", f"{split} split of hub dataset {value!r}", hub_name=value, hub_split=split)
-        raise ValueError(
-            f"`{split}`={str(value)!r}: no such file, and not a hub dataset name ('owner/name')"
-            + (" or a split name of the training hub dataset" if split != "train" and train_hub else "")
-            + "."
-        )
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
-        bad = [i for i, row in enumerate(value) if not isinstance(row, Mapping)]
-        if bad:
-            raise TypeError(
-                f"`{split}` as a list must hold dicts (one per row); position {bad[0]} holds "
-                f"{type(value[bad[0]]).__name__}."
-            )
-        return _Source("records", f"the {split} list", data=value)
-    import datasets
-
-    if isinstance(value, datasets.Dataset):
-        return _Source("dataset", f"the {split} Dataset", data=value)
-    if isinstance(value, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        raise TypeError(
-            f"`{split}` is a {type(value).__name__}; pass one of its splits (e.g. dataset[{split!r}]), "
-            "or its hub name with split names."
-        )
-    raise TypeError(
-        f"`{split}` must be a file path, a hub name, a datasets.Dataset or a list of dicts, got {type(value).__name__}."
-    )
 
 
-def _read_examples(source: _Source, fields: Mapping[str, str], hub_config: str | None) -> list[dict[str, Any]]:
-    """Read a source into ``{"id", "question", "solution"}`` dicts (values not checked yet)."""
-    if source.kind == "hub":
-        records, columns = _dataset_records(_load_hub(source, hub_config), fields)
-    elif source.kind == "dataset":
-        records, columns = _dataset_records(source.data, fields)
-    elif source.kind == "records":
-        records = [dict(row) for row in source.data]
-        columns = list(dict.fromkeys(key for row in records for key in row))
-    else:
-        if source.path is None:
-            raise RuntimeError("a file source without a path")
-        records = _read_file(source.path, source.label)
-        columns = list(dict.fromkeys(key for row in records for key in row))
-    if not records:
-        raise ValueError(f"{source.label} has no rows.")
-    missing = [(key, column) for key, column in fields.items() if column not in columns]
-    if missing:
-        key, column = missing[0]
-        raise ValueError(
-            f"{source.label} has no column {column!r} (the {key!r} field); its columns are {columns}. Pass "
-            "fields='gsm8k' (question, answer), fields='math' (problem, solution) or "
-            "fields={'question': ..., 'solution': ...} naming its columns."
-        )
-    ids = _example_ids(records, fields.get("id"), source.label)
-    return [
-        {"id": example_id, "question": row.get(fields["question"]), "solution": row.get(fields["solution"])}
-        for example_id, row in zip(ids, records, strict=True)
-    ]
 
 
-def _example_ids(records: Sequence[Mapping[str, Any]], column: str | None, label: str) -> list[int]:
-    if column is None:
-        return list(range(len(records)))
-    ids: list[int] = []
-    bad: list[int] = []
-    for position, row in enumerate(records):
-        value = row.get(column)
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            bad.append(position)
-            continue
-        ids.append(int(value))
-    if bad:
-        raise ValueError(
-            f"{label}: the id column {column!r} must hold ints >= 0; {len(bad)} rows do not "
-            f"(first at positions {bad[:_FIRST_IDS]}). Drop 'id' from `fields` to number the rows 0, 1, 2, ..."
-        )
-    seen: set[int] = set()
-    repeated: set[int] = set()
-    for example_id in ids:
-        (repeated if example_id in seen else seen).add(example_id)
-    if repeated:
-        raise ValueError(
-            f"{label}: the id column {column!r} must hold unique values; repeated: {sorted(repeated)[:_FIRST_IDS]}."
-        )
-    return ids
 
 
-def _dataset_records(dataset: Any, fields: Mapping[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
-    columns = list(dataset.column_names)
-    wanted = [column for column in dict.fromkeys(fields.values()) if column in columns]
-    records: list[dict[str, Any]] = dataset.select_columns(wanted).to_list() if len(dataset) else []
-    return records, columns
 
 
-def _read_file(path: Path, label: str) -> list[dict[str, Any]]:
-    kind = _SUFFIXES[path.suffix.lower()]
-    if kind == "parquet":
-        import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
-
-        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
-        return rows
-    if kind == "csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    text = path.read_text(encoding="utf-8")
-    if kind == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            if "Extra data" not in err.msg:  # not JSON Lines in a .json file either
-                raise ValueError(f"{label} is not valid JSON: {err}.") from None
-        else:
-            return _json_records(data, label)
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{label}, line {number}: not valid JSON ({err}).") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{label}, line {number}: each line must be a JSON object, got {type(row).__name__}.")
-        rows.append(row)
-    return rows
 
 
-def _json_records(data: Any, label: str) -> list[dict[str, Any]]:
-    if isinstance(data, list) and all(isinstance(row, dict) for row in data):
-        return data
-    if isinstance(data, dict) and data and all(isinstance(column, list) for column in data.values()):
-        lengths = {len(column) for column in data.values()}
-        if len(lengths) == 1:
-            size = lengths.pop()
-            return [{key: column[i] for key, column in data.items()} for i in range(size)]
-    raise ValueError(
-        f"{label}: expected a JSON list of objects (one per row), an object of equal-length column lists, or "
-        "JSON Lines."
-    )
 
 
-def _load_hub(source: _Source, config: str | None) -> Dataset:
-    """``datasets.load_dataset(name, config, split=...)`` with clear errors."""
-    import datasets
-
-    where = f"{source.hub_name!r}" + (f" (config {config!r})" if config else "") + f", split {source.hub_split!r}"
-    try:
-        dataset = datasets.load_dataset(source.hub_name, config, split=source.hub_split)
-    except ConnectionError as err:
-        raise ValueError(
-            f"could not reach the dataset hub to load {where} ({err}), and it is not in the local datasets cache. "
-            "Download the files on a machine with network access and pass local paths (train='train.jsonl', "
-            "test='test.jsonl'), or run prepare_data() where the hub is reachable."
-        ) from None
-    except FileNotFoundError as err:
-        raise ValueError(
-            f"the hub has no dataset {where} ({err}), and {source.hub_name!r} is no local file either. Check the "
-            "name (e.g. 'openai/gsm8k') or the path."
-        ) from None
-    except ValueError as err:
-        raise ValueError(
-            f"cannot load {where} from the hub: {err}"
-            + ("" if config else " (some datasets need `hub_config`, e.g. 'main' for openai/gsm8k)")
-        ) from None
-    if not isinstance(dataset, datasets.Dataset):
-        raise TypeError(f"loading {where} gave a {type(dataset).__name__}, not a datasets.Dataset.")
-    return dataset
 
 
 def _seeded_subset(size: int, count: int, seed: int) -> list[int]:

@@ -2,7 +2,7 @@
 
 A 0.36 M-parameter GPT (3 layers, 96 dims, character tokens) is trained on a small set of
 synthetic arithmetic problems whose solution traces are randomly phrased
-(:class:`~lightning_premem.synthetic.ArithmeticTask`). With few examples the model memorizes:
+(:class:`~lightning_premem.data.synthetic.ArithmeticTask`). With few examples the model memorizes:
 train accuracy races to 1 while test accuracy stays low, and pre-memorization accuracy stays
 with test accuracy. :class:`~lightning_premem.PreMemorizationCallback` probes it every few epochs;
 the run writes TensorBoard logs and a Markdown report with figures.
@@ -24,14 +24,16 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_premem.callback import HISTORY_FILE, PreMemorizationCallback
+from lightning_premem.analysis.plots import plot_accuracy_curves, plot_dynamics
+from lightning_premem.callbacks import PreMemorizationCallback
 from lightning_premem.data import ReasoningDataModule
+from lightning_premem.data.synthetic import ArithmeticTask
+from lightning_premem.experiments.recipe import gpt_config, training_module
 from lightning_premem.functional import pre_memorization_accuracy
-from lightning_premem.module import CausalLMModule
-from lightning_premem.plots import plot_accuracy_curves, plot_dynamics
-from lightning_premem.synthetic import ArithmeticTask
+from lightning_premem.history import HISTORY_FILE
+from lightning_premem.probes.sampling import SamplingConfig
 
-__all__ = ["DemoConfig", "demo_rows", "demo_threshold", "gpt_config", "run_demo", "write_demo_data"]
+__all__ = ["QUICK", "DemoConfig", "demo_rows", "demo_threshold", "run_demo", "write_demo_data"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,10 @@ class DemoConfig:
     batch_size: int = 32
     learning_rate: float = 1e-2
     """Peak AdamW learning rate (betas 0.9/0.95, gradient norm clipped at 1, linear warmup and decay)."""
-    num_samples: int = 4
-    """Sampled answers per probed question."""
-    temperature: float = 0.8
-    max_new_tokens: int = 48
+    sampling: SamplingConfig = dataclasses.field(
+        default_factory=lambda: SamplingConfig(num_samples=4, max_new_tokens=48, batch_size=64)
+    )
+    """How the probes sample: 4 answers per probed question at temperature 0.8, up to 48 tokens."""
     n_layer: int = 3
     n_embd: int = 96
     n_head: int = 3
@@ -71,7 +73,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in ("threshold", "seed", "dropout", "templates", "trace_diversity"):
+            if field.name in ("threshold", "seed", "dropout", "templates", "trace_diversity", "sampling"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"`{field.name}` must be a positive number, got {value!r}.")
@@ -88,34 +90,11 @@ QUICK = DemoConfig(
     epochs=2,
     every_n_epochs=1,
     batch_size=8,
-    num_samples=2,
-    max_new_tokens=24,
+    sampling=SamplingConfig(num_samples=2, max_new_tokens=24, batch_size=64),
     n_layer=1,
     n_embd=32,
     n_head=2,
 )
-
-
-def gpt_config(n_layer: int, n_embd: int, n_head: int, *, dropout: float = 0.0) -> dict[str, Any]:
-    """Return the config mapping of a small GPT-2 trained from scratch on character tokens (128 positions)."""
-    return {
-        "model_type": "gpt2",
-        "n_layer": n_layer,
-        "n_embd": n_embd,
-        "n_head": n_head,
-        "n_positions": 128,
-        "resid_pdrop": dropout,
-        "embd_pdrop": dropout,
-        "attn_pdrop": dropout,
-    }
-
-
-def _training_module(model: Any, tokenizer: Any, learning_rate: float) -> CausalLMModule:
-    """Return the package's own training recipe (demo, sweep, base model, curation rounds).
-
-    AdamW with betas (0.9, 0.95), 4 % linear warmup, then linear decay.
-    """
-    return CausalLMModule(model, tokenizer, learning_rate=learning_rate, warmup_ratio=0.04, betas=(0.9, 0.95))
 
 
 def demo_rows(config: DemoConfig) -> tuple[ArithmeticTask, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -194,7 +173,7 @@ def run_demo(
         max_length=128,
         seed=config.seed,
     )
-    model = _training_module(
+    model = training_module(
         gpt_config(config.n_layer, config.n_embd, config.n_head, dropout=config.dropout), "char", config.learning_rate
     )
     threshold = config.threshold or demo_threshold(task, train_rows, model.tokenizer)
@@ -202,10 +181,7 @@ def run_demo(
         threshold=threshold,
         max_examples=config.probe_size,
         every_n_epochs=config.every_n_epochs,
-        num_samples=config.num_samples,
-        temperature=config.temperature,
-        max_new_tokens=config.max_new_tokens,
-        generation_batch_size=64,
+        sampling=config.sampling,
         seed=config.seed,
     )
     logger = TensorBoardLogger(output, name="tensorboard", version="")
@@ -295,7 +271,7 @@ def _write_report(
         f"A {config.n_layer}-layer, {config.n_embd}-dim GPT trained from scratch on {config.train_size} synthetic "
         f"arithmetic problems (randomly phrased solution traces) for {config.epochs} epochs; "
         f"{len(ids)} training problems and {config.test_size} fresh test problems probed every "
-        f"{config.every_n_epochs} epochs with {config.num_samples} samples each. Memorized means target "
+        f"{config.every_n_epochs} epochs with {config.sampling.num_samples} samples each. Memorized means target "
         f"perplexity <= p = {threshold:.3f} (fixed from the task's trace randomness before training). "
         f"Wall time {seconds / 60:.1f} min.",
         "",

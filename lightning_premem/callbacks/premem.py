@@ -7,26 +7,22 @@ updates a :class:`~lightning_premem.PreMemorizationAccuracy` and logs, under ``p
 - ``pre_memorization_accuracy``, ``train_accuracy``, ``memorized_fraction``, ``target_perplexity``
   (mean over probed examples), ``unparseable_fraction``, ``num_probed``;
 - ``pre_memorization_accuracy_stderr`` when a subset of the training set is probed;
-- ``test_accuracy`` when held-out queries exist;
+- ``test_accuracy`` when held-out queries exist, ``validation_accuracy`` with ``validation_examples``;
 - ``robust_accuracy`` (mean accuracy under the prompt perturbations) when ``perturbations`` is set;
 - to TensorBoard also a histogram of per-example pre-memorization accuracy and an image of the
   per-example dynamics.
 
 Each round's per-example table goes to ``<log_dir>/premem/history.npz`` (all rounds; the layout
-``premem replay`` reads) and ``<log_dir>/premem/round_<NNN>.csv``, written atomically by rank 0.
+``premem replay`` reads) and ``<log_dir>/premem/round_<NNN>.csv``, written atomically by rank 0
+(:func:`lightning_premem.history.write_history`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L  # noqa: N812  (the library's own convention)
 import numpy as np
@@ -37,34 +33,38 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_premem._batching import DEFAULT_PROMPT_TEMPLATE, DEFAULT_TARGET_TEMPLATE, format_example
+from lightning_premem._checks import check_int, check_threshold
 from lightning_premem.answers import grade
+from lightning_premem.callbacks.common import (
+    ProbeSet,
+    build_probe_set,
+    check_answer_kind,
+    datamodule_examples,
+    find_model,
+    find_tokenizer,
+    progress_bar,
+    resolve_sampling,
+    subset_stderr,
+)
 from lightning_premem.functional import (
     AUTHORS_LOGLOG_THRESHOLDS,
-    _check_threshold,
     loglog_threshold_to_perplexity,
     pre_memorization_accuracy,
 )
+from lightning_premem.history import write_history
 from lightning_premem.metric import PreMemorizationAccuracy
-from lightning_premem.probes import (
-    DEFAULT_STOP,
-    CompletionSampler,
-    HFSampler,
-    _check_int,
-    _generation_pad_id,
-    _max_positions,
-    _mix64,
-    encode_prompt_target,
-    target_perplexity,
-)
-from lightning_premem.robustness import perturb_prompt, resolve_perturbations
+from lightning_premem.probes.models import max_positions
+from lightning_premem.probes.perplexity import target_perplexity
+from lightning_premem.probes.robustness import perturb_prompt, perturbation_seed, resolve_perturbations
+from lightning_premem.probes.sampling import HFSampler, SamplingConfig
+from lightning_premem.probes.seeds import STREAMS, example_seed
+from lightning_premem.protocols import CompletionSampler, ScoreReceiver, sample_completions
+from lightning_premem.tokenization import DEFAULT_PROMPT_TEMPLATE, DEFAULT_TARGET_TEMPLATE, pad_token_id
 
 __all__ = ["PreMemorizationCallback"]
 
-HISTORY_FILE = "history.npz"
 _STATE_VERSION = 1
-_TEST_SEED_SALT = 0x5EED_7E57
-_ROBUST_SEED_SALT = 0x0B57_0000
+_OWNER = "PreMemorizationCallback"
 
 
 class PreMemorizationCallback(Callback):
@@ -74,32 +74,38 @@ class PreMemorizationCallback(Callback):
         threshold: perplexity ``p``; a target trace with perplexity ``<= p`` counts as memorized.
             Default: the authors' GSM8K value ``exp(exp(-2.3)) ≈ 1.1055``.
         train_examples: training queries to probe, mappings with ``id`` (int >= 0, unique), ``question`` and
-            ``solution``. Default: ``trainer.datamodule.probe_examples("train")``.
+            ``solution``. Default: ``trainer.datamodule.probe_examples("train")``
+            (a :class:`~lightning_premem.protocols.ProbeExampleSource`).
         test_examples: held-out queries for ``premem/test_accuracy``, same keys. Default:
             ``trainer.datamodule.probe_examples("test")`` when the datamodule offers it; none otherwise.
+        validation_examples: held-out queries for ``premem/validation_accuracy`` (written to the history as
+            ``validation_accuracy``, which threshold calibration reads); none by default.
         every_n_epochs: probe at the end of every n-th training epoch.
         max_examples: probe a fixed, seeded subset of this many training examples (all when ``None``).
-        max_test_examples: likewise for the held-out queries.
-        num_samples: completions sampled per query (the paper: 5).
-        temperature: sampling temperature (the paper: 0.8; 0 is greedy).
-        top_p: nucleus sampling mass (the paper: 0.95).
-        max_new_tokens: longest completion.
-        stop: generation stops at this string (the paper's traces end in ``"\\nDone."``).
+        max_test_examples: likewise for the held-out test queries.
+        sampling: the sampling settings as one :class:`~lightning_premem.probes.SamplingConfig` (default: the
+            paper's, ``num_samples=5, temperature=0.8, top_p=0.95, max_new_tokens=256, stop="\nDone."``). Or
+            give the most common ones as flat arguments instead:
+        num_samples: completions sampled per query (``SamplingConfig.num_samples``).
+        temperature: sampling temperature (``SamplingConfig.temperature``; 0 is greedy).
+        top_p: nucleus sampling mass (``SamplingConfig.top_p``).
+        max_new_tokens: longest completion (``SamplingConfig.max_new_tokens``).
+        generation_batch_size: queries per generation batch (``SamplingConfig.batch_size``).
         answer_kind: how final answers are checked: ``"gsm8k"``, ``"math"`` or a callable
             ``(completion, reference) -> bool`` (see :func:`lightning_premem.answers.grade`).
         prompt_template: format of the prompt from an example's fields.
         target_template: format of the target trace from an example's fields.
-        generation_batch_size: queries per generation batch (each expands to ``num_samples`` rows).
         max_batch_tokens: token budget of a perplexity batch (padded rows x longest sequence).
-        sampler: another generation engine implementing
-            :class:`~lightning_premem.probes.CompletionSampler`; replaces the Hugging Face sampler and its
-            ``num_samples``/``temperature``/``top_p``/``max_new_tokens``/``stop`` settings.
+        sampler: another generation engine implementing :class:`~lightning_premem.protocols.CompletionSampler`;
+            replaces the Hugging Face sampler. It samples with its own settings: passing ``sampling`` or a flat
+            sampling argument with it is an error.
         tokenizer: the tokenizer; default ``pl_module.tokenizer``, then ``trainer.datamodule.tokenizer``.
         model_attr: attribute of the LightningModule holding the Hugging Face causal LM; when absent
             the LightningModule itself is used if it has ``generate``.
         seed: seeds the probe subset and every example's samples (the same example gets the same random
             stream every round, on any number of ranks).
         history_dir: where the history files go (default ``<trainer.log_dir>/premem``).
+        run_name: the run's name in the history file and reports (default: the last two parts of the log folder).
         log_histogram: log the per-example histogram to TensorBoard.
         log_dynamics: log the per-example dynamics image to TensorBoard.
         progress: show a progress bar while probing (rank 0, when the trainer shows one).
@@ -110,57 +116,62 @@ class PreMemorizationCallback(Callback):
             ``perturbations [P]`` to the history file. Costs ``P`` times the round's sampling.
     """
 
+    #: It hands each round's scores to a :class:`~lightning_premem.protocols.ScoreReceiver` datamodule.
+    sends_premem_scores: ClassVar[bool] = True
+
     def __init__(
         self,
         *,
         threshold: float | None = None,
         train_examples: Sequence[Mapping[str, Any]] | None = None,
         test_examples: Sequence[Mapping[str, Any]] | None = None,
+        validation_examples: Sequence[Mapping[str, Any]] | None = None,
         every_n_epochs: int = 1,
         max_examples: int | None = None,
         max_test_examples: int | None = None,
-        num_samples: int = 5,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        max_new_tokens: int = 256,
-        stop: str | None = DEFAULT_STOP,
+        sampling: SamplingConfig | None = None,
+        num_samples: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        generation_batch_size: int | None = None,
         answer_kind: Literal["gsm8k", "math"] | Callable[[str, str], bool | None] = "gsm8k",
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         target_template: str = DEFAULT_TARGET_TEMPLATE,
-        generation_batch_size: int = 16,
         max_batch_tokens: int = 8192,
         sampler: CompletionSampler | None = None,
         tokenizer: Any = None,
         model_attr: str = "model",
         seed: int = 0,
         history_dir: str | Path | None = None,
+        run_name: str | None = None,
         log_histogram: bool = True,
         log_dynamics: bool = True,
         progress: bool = True,
         perturbations: Sequence[str] | Literal["default"] | None = None,
     ) -> None:
         super().__init__()
-        self.threshold = _check_threshold(
+        self.threshold = check_threshold(
             loglog_threshold_to_perplexity(AUTHORS_LOGLOG_THRESHOLDS["gsm8k"]) if threshold is None else threshold
         )
-        for name, value in (
-            ("every_n_epochs", every_n_epochs),
-            ("num_samples", num_samples),
-            ("max_new_tokens", max_new_tokens),
-            ("generation_batch_size", generation_batch_size),
-            ("max_batch_tokens", max_batch_tokens),
-        ):
-            _check_int(value, name, minimum=1)
+        self.sampling = resolve_sampling(
+            _OWNER,
+            sampling,
+            sampler,
+            {
+                "num_samples": num_samples,
+                "temperature": temperature,
+                "top_p": top_p,
+                "max_new_tokens": max_new_tokens,
+                "batch_size": generation_batch_size,
+            },
+        )
+        check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        check_int(max_batch_tokens, "max_batch_tokens", minimum=1)
         for name, optional in (("max_examples", max_examples), ("max_test_examples", max_test_examples)):
             if optional is not None:
-                _check_int(optional, name, minimum=1)
-        if not (isinstance(answer_kind, str) and answer_kind in ("gsm8k", "math")) and not callable(answer_kind):
-            raise ValueError(f"`answer_kind` must be 'gsm8k', 'math' or a callable, got {answer_kind!r}.")
-        if sampler is not None and not isinstance(sampler, CompletionSampler):
-            raise TypeError(
-                f"`sampler` must implement CompletionSampler (`num_samples` and `sample(prompts, seeds)`), "
-                f"got {type(sampler).__name__}."
-            )
+                check_int(optional, name, minimum=1)
+        check_answer_kind(answer_kind)
         for name, template, field in (
             ("prompt_template", prompt_template, "{question}"),
             ("target_template", target_template, "{solution}"),
@@ -177,27 +188,23 @@ class PreMemorizationCallback(Callback):
         self.model_attr = model_attr
         self.seed = int(seed)
         self.history_dir = None if history_dir is None else Path(history_dir)
+        self.run_name = run_name
         self.log_histogram = log_histogram
         self.log_dynamics = log_dynamics
         self.progress = progress
         self.perturbations = resolve_perturbations(perturbations)
         if self.perturbations:
             perturb_prompt(prompt_template, self.perturbations[0])  # the template must hold "Answer:"
-        self._robust_probes: list[_ProbeSet] = []
         self._train_examples = None if train_examples is None else list(train_examples)
         self._test_examples = None if test_examples is None else list(test_examples)
-        self.num_samples = num_samples
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_new_tokens = max_new_tokens
-        self.stop = stop
-        self.generation_batch_size = generation_batch_size
+        self._validation_examples = None if validation_examples is None else list(validation_examples)
         self._user_sampler = sampler
         self._tokenizer = tokenizer
         # built in setup()
         self._sampler: CompletionSampler | None = None
-        self._probe: _ProbeSet | None = None
-        self._test: _ProbeSet | None = None
+        self._probe: ProbeSet | None = None
+        self._held_out: dict[str, ProbeSet] = {}  # "test", "validation"
+        self._robust_probes: list[ProbeSet] = []
         self._num_train_examples = 0
         self._pad_token_id = 0
         self._metric: PreMemorizationAccuracy | None = None
@@ -216,22 +223,25 @@ class PreMemorizationCallback(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        model = self._find_model(pl_module)
-        tokenizer = self._find_tokenizer(trainer, pl_module)
-        self._pad_token_id = _generation_pad_id(tokenizer)
-        train = self._examples(trainer, "train", self._train_examples)
+        model = find_model(pl_module, self.model_attr, _OWNER)
+        tokenizer = find_tokenizer(trainer, pl_module, self._tokenizer, _OWNER)
+        self._pad_token_id = pad_token_id(tokenizer)
+        train = self._train_examples if self._train_examples is not None else datamodule_examples(trainer, "train")
         if not train:
             raise ValueError(
                 "no training examples to probe: pass train_examples=[{'id', 'question', 'solution'}, ...] to "
                 "PreMemorizationCallback, or use a datamodule with a probe_examples(split) method."
             )
         self._num_train_examples = len(train)
-        test = self._examples(trainer, "test", self._test_examples)
-        max_positions = _max_positions(model)
-        self._probe = self._build_probe_set(tokenizer, train, self.max_examples, "train", max_positions)
-        self._test = (
-            self._build_probe_set(tokenizer, test, self.max_test_examples, "test", max_positions) if test else None
-        )
+        test = self._test_examples if self._test_examples is not None else datamodule_examples(trainer, "test")
+        positions = max_positions(model)
+        self._probe = self._probe_set(tokenizer, train, "train", self.max_examples, positions)
+        self._held_out = {}
+        if test:
+            self._held_out["test"] = self._probe_set(tokenizer, test, "test", self.max_test_examples, positions)
+        if self._validation_examples:
+            validation = self._validation_examples
+            self._held_out["validation"] = self._probe_set(tokenizer, validation, "validation", None, positions)
         if self._user_sampler is not None:
             self._sampler = self._user_sampler
         else:
@@ -240,29 +250,30 @@ class PreMemorizationCallback(Callback):
                     f"the model ({type(model).__name__}) has no `generate`; use a Hugging Face causal LM or pass "
                     "sampler= (a CompletionSampler) to PreMemorizationCallback."
                 )
-            self._sampler = HFSampler(
-                model,
-                tokenizer,
-                num_samples=self.num_samples,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_new_tokens=self.max_new_tokens,
-                stop=self.stop,
-                batch_size=self.generation_batch_size,
-            )
+            self._sampler = HFSampler.from_config(model, tokenizer, self.sampling or SamplingConfig())
         probe = self._probe
         self._robust_probes = [
-            _ProbeSet(
-                ids=probe.ids,
-                prompts=[perturb_prompt(prompt, suffix) for prompt in probe.prompts],
-                solutions=probe.solutions,
-                pairs=probe.pairs,
-            )
+            probe.with_prompts([perturb_prompt(prompt, suffix) for prompt in probe.prompts])
             for suffix in self.perturbations
         ]
         self._metric = PreMemorizationAccuracy(len(self._probe.ids), self.threshold, sync_on_compute=False)
         if self._pending_state is not None:
             self._restore(self._pending_state)
+
+    def _probe_set(
+        self, tokenizer: Any, examples: list[Mapping[str, Any]], split: str, limit: int | None, positions: int | None
+    ) -> ProbeSet:
+        return build_probe_set(
+            tokenizer,
+            examples,
+            split=split,
+            limit=limit,
+            seed=self.seed,
+            prompt_template=self.prompt_template,
+            target_template=self.target_template,
+            answer_kind=self.answer_kind,
+            max_positions=positions,
+        )
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -285,12 +296,19 @@ class PreMemorizationCallback(Callback):
         )  # all ranks: broadcast
         if trainer.is_global_zero:
             self._log_tensorboard(trainer)
-            self._write_history(folder)
+            write_history(
+                folder,
+                self._rounds,
+                example_ids=self.probed_ids,
+                threshold=self.threshold,
+                perturbations=self.perturbations,
+                run_name=self.run_name,
+            )
         trainer.strategy.barrier("premem_round_written")
         rank_zero_info(
             f"[premem] epoch {trainer.current_epoch}: pre-memorization accuracy "
             f"{scalars['pre_memorization_accuracy']:.4f}, train accuracy {scalars['train_accuracy']:.4f}"
-            + (f", test accuracy {scalars['test_accuracy']:.4f}" if "test_accuracy" in scalars else "")
+            + "".join(f", {split} accuracy {scalars[f'{split}_accuracy']:.4f}" for split in self._held_out)
             + f" ({time.perf_counter() - started:.1f} s)"
         )
 
@@ -326,8 +344,9 @@ class PreMemorizationCallback(Callback):
         """One record per probe round, oldest first.
 
         Keys: ``epoch``, ``step``, ``num_samples``, per-example ``accuracy``, ``perplexity``, ``num_correct``,
-        ``num_unparseable`` (tensors in ``probed_ids`` order) and ``test_accuracy`` (``None`` without held-out
-        queries).
+        ``num_unparseable`` (tensors in ``probed_ids`` order), ``test_accuracy`` (``None`` without held-out
+        queries), ``validation_accuracy`` (``None`` without ``validation_examples``) and, with
+        ``perturbations``, ``robust_accuracy`` (``[P, N]``).
         """
         return list(self._rounds)
 
@@ -336,20 +355,20 @@ class PreMemorizationCallback(Callback):
     def _probe_round(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         if self._probe is None or self._sampler is None:
             raise RuntimeError("setup() did not run")
-        model = self._find_model(pl_module)
+        model = find_model(pl_module, self.model_attr, _OWNER)
         world, rank = trainer.world_size, trainer.global_rank
         num_samples = int(self._sampler.num_samples)
         mine = list(range(rank, len(self._probe.ids), world))
-        test_mine = [] if self._test is None else list(range(rank, len(self._test.ids), world))
-        total_work = (2 + len(self._robust_probes)) * len(mine) + len(test_mine)
-        bar = _progress_bar(
+        held_mine = {split: list(range(rank, len(probe.ids), world)) for split, probe in self._held_out.items()}
+        total_work = (2 + len(self._robust_probes)) * len(mine) + sum(len(m) for m in held_mine.values())
+        bar = progress_bar(
             self.progress and trainer.is_global_zero and trainer.progress_bar_callback is not None,
             total_work,
             f"premem probe (epoch {trainer.current_epoch})",
         )
         was_training = model.training
         try:
-            correct, unparseable = self._sample_and_grade(self._probe, mine, 0, bar)
+            correct, unparseable = self._sample_and_grade(self._probe, mine, self._seeds(self._probe, mine), bar)
             perplexity = target_perplexity(
                 model,
                 [self._probe.pairs[i] for i in mine],
@@ -357,10 +376,15 @@ class PreMemorizationCallback(Callback):
                 max_batch_tokens=self.max_batch_tokens,
                 progress=bar.update,
             )
-            if self._test is not None:
-                test_correct, _ = self._sample_and_grade(self._test, test_mine, _TEST_SEED_SALT, bar)
+            held_correct = {
+                split: self._sample_and_grade(probe, mine_, self._seeds(probe, mine_, split), bar)[0]
+                for split, probe in self._held_out.items()
+                for mine_ in [held_mine[split]]
+            }
             robust_correct = [
-                self._sample_and_grade(perturbed, mine, _ROBUST_SEED_SALT + index, bar)[0]
+                self._sample_and_grade(
+                    perturbed, mine, [perturbation_seed(self.seed, index, perturbed.ids[i]) for i in mine], bar
+                )[0]
                 for index, perturbed in enumerate(self._robust_probes)
             ]
         finally:
@@ -384,30 +408,28 @@ class PreMemorizationCallback(Callback):
             "accuracy": (num_correct.double() / num_samples).float(),
             "perplexity": gather(perplexity, mine, size).float(),
             "test_accuracy": None,
+            "validation_accuracy": None,
         }
         if robust_correct:
             record["robust_accuracy"] = (
                 torch.stack([gather(c, mine, size) for c in robust_correct]).round() / num_samples
             ).float()
-        if self._test is not None:
-            test_total = gather(test_correct, test_mine, len(self._test.ids)).sum()
-            record["test_accuracy"] = float(test_total) / (num_samples * len(self._test.ids))
+        for split, probe in self._held_out.items():
+            total = gather(held_correct[split], held_mine[split], len(probe.ids)).sum()
+            record[f"{split}_accuracy"] = float(total) / (num_samples * len(probe.ids))
         return record
 
-    def _sample_and_grade(self, probe: _ProbeSet, positions: list[int], salt: int, bar: Any) -> tuple[Tensor, Tensor]:
+    def _seeds(self, probe: ProbeSet, positions: list[int], split: str = "train") -> list[int]:
+        """Return the seeds of the examples at ``positions``: one stream per example and split (``probes.seeds``)."""
+        return [example_seed(self.seed, probe.ids[i], STREAMS[split]) for i in positions]
+
+    def _sample_and_grade(
+        self, probe: ProbeSet, positions: list[int], seeds: list[int], bar: Any
+    ) -> tuple[Tensor, Tensor]:
         if self._sampler is None:
             raise RuntimeError("setup() did not run")
         prompts = [probe.prompts[i] for i in positions]
-        seeds = [_example_seed(self.seed ^ salt, probe.ids[i]) for i in positions]
-        if isinstance(self._sampler, HFSampler):
-            completions = self._sampler.sample(prompts, seeds, progress=bar.update)
-        else:
-            completions = self._sampler.sample(prompts, seeds)
-            bar.update(len(prompts))
-        if len(completions) != len(prompts):
-            raise ValueError(
-                f"the sampler returned {len(completions)} lists of completions for {len(prompts)} prompts."
-            )
+        completions = sample_completions(self._sampler, prompts, seeds, progress=bar.update)
         correct = torch.zeros(len(positions))
         unparseable = torch.zeros(len(positions))
         for row, (samples, i) in enumerate(zip(completions, positions, strict=True)):
@@ -433,173 +455,35 @@ class PreMemorizationCallback(Callback):
             "num_probed": float(probed),
         }
         if probed < self._num_train_examples:
-            scalars["pre_memorization_accuracy_stderr"] = _subset_stderr(
+            scalars["pre_memorization_accuracy_stderr"] = subset_stderr(
                 self._metric.per_example(), self._num_train_examples
             )
-        if record["test_accuracy"] is not None:
-            scalars["test_accuracy"] = float(record["test_accuracy"])
+        for key in ("test_accuracy", "validation_accuracy"):
+            if record.get(key) is not None:
+                scalars[key] = float(record[key])
         if record.get("robust_accuracy") is not None:
             scalars["robust_accuracy"] = float(record["robust_accuracy"].double().mean())
         return scalars
-
-    def _history_arrays(self) -> dict[str, Tensor]:
-        accuracy = torch.stack([r["accuracy"] for r in self._rounds])
-        perplexity = torch.stack([r["perplexity"] for r in self._rounds])
-        return {
-            "accuracy": accuracy,
-            "perplexity": perplexity,
-            "pre_memorization_accuracy": pre_memorization_accuracy(accuracy, perplexity, self.threshold),
-        }
 
     def _log_tensorboard(self, trainer: L.Trainer) -> None:
         boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         if not boards or not (self.log_histogram or self.log_dynamics):
             return
-        arrays = self._history_arrays()
+        accuracy = torch.stack([r["accuracy"] for r in self._rounds])
+        perplexity = torch.stack([r["perplexity"] for r in self._rounds])
         for board in boards:
             writer = board.experiment
             if self.log_histogram:
                 writer.add_histogram(
                     "premem/per_example_pre_memorization_accuracy",
-                    arrays["pre_memorization_accuracy"][-1],
+                    pre_memorization_accuracy(accuracy, perplexity, self.threshold)[-1],
                     trainer.global_step,
                 )
             if self.log_dynamics:
-                image = _dynamics_image(arrays["accuracy"], arrays["perplexity"], self.threshold)
+                image = _dynamics_image(accuracy, perplexity, self.threshold)
                 writer.add_image("premem/per_example_dynamics", image, trainer.global_step, dataformats="CHW")
 
-    def _write_history(self, folder: Path) -> None:
-        if self._probe is None:
-            raise RuntimeError("setup() did not run")
-        folder.mkdir(parents=True, exist_ok=True)
-        arrays = self._history_arrays()
-        memorized = arrays["perplexity"] <= self.threshold
-        columns: dict[str, np.ndarray] = {
-            "steps": np.array([r["step"] for r in self._rounds], dtype=np.int64),
-            "epochs": np.array([r["epoch"] for r in self._rounds], dtype=np.int64),
-            "train_accuracy": arrays["accuracy"].numpy(),
-            "train_perplexity": arrays["perplexity"].numpy(),
-            "pre_memorization_accuracy": arrays["pre_memorization_accuracy"].numpy(),
-            "memorized": memorized.numpy(),
-            "num_correct": torch.stack([r["num_correct"] for r in self._rounds]).numpy(),
-            "num_unparseable": torch.stack([r["num_unparseable"] for r in self._rounds]).numpy(),
-            "num_samples": np.array([r["num_samples"] for r in self._rounds], dtype=np.int64),
-            "example_ids": np.array(self._probe.ids, dtype=np.int64),
-            "threshold": np.array(self.threshold),
-            "run_name": np.array(_run_name(folder)),
-        }
-        if all(r["test_accuracy"] is not None for r in self._rounds):
-            columns["test_accuracy"] = np.array([r["test_accuracy"] for r in self._rounds], dtype=np.float64)
-        if self.perturbations and all(r.get("robust_accuracy") is not None for r in self._rounds):
-            columns["robust_accuracy"] = torch.stack([r["robust_accuracy"] for r in self._rounds]).numpy()
-            columns["perturbations"] = np.array(list(self.perturbations))
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **columns)  # type: ignore[arg-type]  # numpy's stub types **kwds loosely
-        _atomic_write(folder / HISTORY_FILE, buffer.getvalue())
-
-        last = len(self._rounds) - 1
-        text = io.StringIO()
-        table = csv.writer(text, lineterminator="\n")
-        table.writerow(
-            [
-                "example_id",
-                "epoch",
-                "step",
-                "accuracy",
-                "num_samples",
-                "num_correct",
-                "num_unparseable",
-                "perplexity",
-                "memorized",
-                "pre_memorization_accuracy",
-            ]
-        )
-        record = self._rounds[-1]
-        for i, example_id in enumerate(self._probe.ids):
-            table.writerow(
-                [
-                    example_id,
-                    record["epoch"],
-                    record["step"],
-                    f"{float(record['accuracy'][i]):.6g}",
-                    record["num_samples"],
-                    int(record["num_correct"][i]),
-                    int(record["num_unparseable"][i]),
-                    f"{float(record['perplexity'][i]):.6g}",
-                    int(memorized[last, i]),
-                    f"{float(arrays['pre_memorization_accuracy'][last, i]):.6g}",
-                ]
-            )
-        _atomic_write(folder / f"round_{last:03d}.csv", text.getvalue().encode())
-
-    # ------------------------------------------------------------------ setup helpers
-
-    def _find_model(self, pl_module: L.LightningModule) -> Any:
-        model = getattr(pl_module, self.model_attr, None)
-        if isinstance(model, torch.nn.Module):
-            return model
-        if callable(getattr(pl_module, "generate", None)):
-            return pl_module
-        raise ValueError(
-            f"PreMemorizationCallback cannot find the language model: it looks for `pl_module.{self.model_attr}` "
-            f"(a Hugging Face causal LM; set model_attr= to another attribute name), or a LightningModule with "
-            f"`generate`. {type(pl_module).__name__} has neither. CausalLMModule holds it as `.model`."
-        )
-
-    def _find_tokenizer(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
-        datamodule = getattr(trainer, "datamodule", None)
-        for tokenizer in (
-            self._tokenizer,
-            getattr(pl_module, "tokenizer", None),
-            getattr(datamodule, "tokenizer", None),
-        ):
-            if tokenizer is not None:
-                return tokenizer
-        raise ValueError(
-            "PreMemorizationCallback needs the tokenizer: pass tokenizer= to it, or set `tokenizer` on the "
-            "LightningModule or the datamodule."
-        )
-
-    @staticmethod
-    def _examples(trainer: L.Trainer, split: str, explicit: list[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
-        if explicit is not None:
-            return explicit
-        offer = getattr(getattr(trainer, "datamodule", None), "probe_examples", None)
-        return list(offer(split)) if callable(offer) else []
-
-    def _build_probe_set(
-        self,
-        tokenizer: Any,
-        examples: list[Mapping[str, Any]],
-        limit: int | None,
-        split: str,
-        max_positions: int | None,
-    ) -> _ProbeSet:
-        _check_examples(examples, split)
-        ordered = sorted(examples, key=lambda e: int(e["id"]))
-        if limit is not None and limit < len(ordered):
-            generator = torch.Generator().manual_seed(self.seed)
-            keep = sorted(torch.randperm(len(ordered), generator=generator)[:limit].tolist())
-            ordered = [ordered[i] for i in keep]
-        if not callable(self.answer_kind):
-            _check_references(ordered, self.answer_kind, split)
-        probe = _ProbeSet(ids=[], prompts=[], solutions=[], pairs=[])
-        too_long = []
-        for example in ordered:
-            prompt, target = format_example(example, self.prompt_template, self.target_template)
-            pair = encode_prompt_target(tokenizer, prompt, target)
-            if max_positions is not None and len(pair[0]) + len(pair[1]) > max_positions:
-                too_long.append(int(example["id"]))
-            probe.ids.append(int(example["id"]))
-            probe.prompts.append(prompt)
-            probe.solutions.append(str(example["solution"]))
-            probe.pairs.append(pair)
-        if too_long:
-            raise ValueError(
-                f"{len(too_long)} {split} example(s) are longer than the model's {max_positions} positions "
-                f"(prompt + target tokens; first ids {too_long[:5]}): drop them or use a model with a longer context."
-            )
-        return probe
+    # ------------------------------------------------------------------ state and scores
 
     def _restore(self, state: dict[str, Any]) -> None:
         if self._probe is None or self._metric is None:
@@ -620,13 +504,15 @@ class PreMemorizationCallback(Callback):
     def _observe(self, index: int, record: dict[str, Any]) -> None:
         if self._probe is None or self._metric is None:
             raise RuntimeError("setup() did not run")
-        self._metric.update(torch.arange(len(self._probe.ids)), record["accuracy"], record["perplexity"], step=index)
+        # the metric tracks the probe set: its example i is probed_ids[i]
+        positions = torch.arange(len(self._probe.ids))
+        self._metric.update(positions, record["accuracy"], record["perplexity"], step=index)
 
     def _push_scores(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
-        """Hand the round's per-example scores to a datamodule that takes them (``update_premem_scores``)."""
-        receiver = getattr(getattr(trainer, "datamodule", None), "update_premem_scores", None)
-        if callable(receiver) and self._metric is not None:
-            receiver(
+        """Hand the round's per-example scores to a datamodule that takes them (a ``ScoreReceiver``)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if isinstance(datamodule, ScoreReceiver) and self._metric is not None:
+            datamodule.update_premem_scores(
                 self.probed_ids,
                 {
                     "pre_memorization_accuracy": self._metric.per_example(),
@@ -636,73 +522,7 @@ class PreMemorizationCallback(Callback):
             )
 
 
-class _ProbeSet:
-    """The prompts, reference solutions and encoded (prompt, target) ids of the probed examples."""
-
-    def __init__(
-        self, ids: list[int], prompts: list[str], solutions: list[str], pairs: list[tuple[list[int], list[int]]]
-    ):
-        self.ids, self.prompts, self.solutions, self.pairs = ids, prompts, solutions, pairs
-
-
 # ---------------------------------------------------------------------- module helpers
-
-
-def _check_examples(examples: Sequence[Mapping[str, Any]], split: str) -> None:
-    bad_fields, bad_ids, seen, duplicates = [], [], set(), []
-    for position, example in enumerate(examples):
-        if not isinstance(example, Mapping) or not all(
-            isinstance(example.get(key), str) and example.get(key) for key in ("question", "solution")
-        ):
-            bad_fields.append(position)
-            continue
-        example_id = example.get("id")
-        if isinstance(example_id, bool) or not isinstance(example_id, (int, np.integer)) or example_id < 0:
-            bad_ids.append(position)
-        elif int(example_id) in seen:
-            duplicates.append(int(example_id))
-        else:
-            seen.add(int(example_id))
-    if bad_fields:
-        raise ValueError(
-            f"{len(bad_fields)} {split} example(s) lack a non-empty string 'question' or 'solution' "
-            f"(first at positions {bad_fields[:5]}); each example is a mapping with 'id', 'question', 'solution'."
-        )
-    if bad_ids:
-        raise ValueError(
-            f"{len(bad_ids)} {split} example(s) have no valid 'id' (an int >= 0; first at positions {bad_ids[:5]})."
-        )
-    if duplicates:
-        raise ValueError(f"{split} example ids must be unique; repeated: {sorted(set(duplicates))[:5]}.")
-
-
-def _check_references(examples: Iterable[Mapping[str, Any]], kind: str, split: str) -> None:
-    bad = []
-    for example in examples:
-        try:
-            grade(str(example["solution"]), str(example["solution"]), kind)  # type: ignore[arg-type]
-        except ValueError:
-            bad.append(int(example["id"]))
-    if bad:
-        raise ValueError(
-            f"{len(bad)} {split} solution(s) have no final answer that answer_kind={kind!r} can read "
-            f"(first ids {bad[:5]}); GSM8K solutions end in '#### <number>', MATH ones hold a \\boxed{{...}}."
-        )
-
-
-def _example_seed(seed: int, example_id: int) -> int:
-    """Mix ``(seed, example id)`` into a 63-bit seed: the same stream every round and on every rank."""
-    return _mix64(_mix64(seed & ((1 << 64) - 1)) ^ example_id) >> 1
-
-
-def _subset_stderr(per_example: Tensor, population: int) -> float:
-    """Return the standard error of a mean over a simple random subset (finite-population corrected)."""
-    values = per_example[~torch.isnan(per_example)].double()
-    n = values.numel()
-    if n < 2:
-        return float("nan")
-    correction = (population - n) / (population - 1) if population > 1 else 0.0
-    return float(values.std(unbiased=True) / math.sqrt(n) * math.sqrt(max(correction, 0.0)))
 
 
 def _dynamics_image(accuracy: Tensor, perplexity: Tensor, threshold: float, max_rows: int = 200) -> np.ndarray:
@@ -731,35 +551,3 @@ def _dynamics_image(accuracy: Tensor, perplexity: Tensor, threshold: float, max_
     panel = np.concatenate([left, gap, right], axis=2)
     image = np.repeat(np.repeat(panel, cell_h, axis=1), cell_w, axis=2)
     return np.asarray((image * 255).round(), dtype=np.uint8)
-
-
-def _run_name(folder: Path) -> str:
-    parent = folder.parent if folder.name == "premem" else folder
-    return "/".join(parent.parts[-2:]) if len(parent.parts) >= 2 else parent.name
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(enabled: bool, total: int, description: str) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)

@@ -1,4 +1,4 @@
-"""Tokenized training examples and their collation (prompt masked out of the labels)."""
+"""Tokenized training examples, their dataset and their collation (prompt masked out of the labels)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset as TorchDataset
 
-from lightning_premem.probes import encode_prompt_target
+from lightning_premem.tokenization import encode_prompt_target, format_example
 
-#: The authors' prompt and target formats (Kang et al.): prompt ``question + "\nAnswer:"``,
-#: target ``" " + solution + "\nDone."``.
-DEFAULT_PROMPT_TEMPLATE = "{question}\nAnswer:"
-DEFAULT_TARGET_TEMPLATE = " {solution}\nDone."
+__all__ = ["IGNORE_INDEX", "FeatureDataset", "collate", "tokenize_example"]
+
+#: The label of positions that take no loss (prompt and padding), as PyTorch's cross-entropy ignores it.
 IGNORE_INDEX = -100
-
-
-def format_example(
-    example: Mapping[str, Any],
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    target_template: str = DEFAULT_TARGET_TEMPLATE,
-) -> tuple[str, str]:
-    """Return ``(prompt, target)`` text of an ``{id, question, solution}`` mapping."""
-    return prompt_template.format(**example), target_template.format(**example)
 
 
 def tokenize_example(
@@ -52,3 +43,20 @@ def collate(features: Sequence[Mapping[str, Any]], pad_token_id: int) -> dict[st
         attention_mask[row, :n] = 1
     example_ids = torch.tensor([int(f["example_id"]) for f in features], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "example_ids": example_ids}
+
+
+class FeatureDataset(TorchDataset[dict[str, Any]]):
+    """A map-style dataset over tokenized examples (``input_ids``, ``labels``, ``example_id``).
+
+    Args:
+        features: the tokenized examples, as :func:`tokenize_example` returns them.
+    """
+
+    def __init__(self, features: Sequence[dict[str, Any]]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]

@@ -29,9 +29,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
-from lightning_premem.data import ReasoningDataModule
+from lightning_premem.data.datamodule import ReasoningDataModule
+from lightning_premem.protocols import ScoreSender
 
-__all__ = ["STRATEGIES", "CuratedDataModule", "sampling_weights", "select_for_acquisition"]
+__all__ = [
+    "STRATEGIES",
+    "CuratedDataModule",
+    "largest_remainders",
+    "sampling_weights",
+    "select_for_acquisition",
+]
 
 #: Acquisition strategies: ours, and the baselines the paper compares against.
 STRATEGIES = ("premem", "iid", "random", "high_loss", "low_accuracy")
@@ -160,10 +167,11 @@ class CuratedDataModule(ReasoningDataModule):
         """Build the splits; under ``Trainer.fit`` also check that someone will send scores."""
         super().setup(stage)
         trainer = getattr(self, "trainer", None)
-        if stage == "fit" and trainer is not None:
-            from lightning_premem.callback import PreMemorizationCallback
-
-            if not any(isinstance(c, PreMemorizationCallback) for c in trainer.callbacks):
+        if (
+            stage == "fit"
+            and trainer is not None
+            and not any(isinstance(c, ScoreSender) and c.sends_premem_scores for c in trainer.callbacks)
+        ):
                 raise ValueError(
                     "CuratedDataModule samples by the scores PreMemorizationCallback sends after each probe round, "
                     "and this Trainer has none: add Trainer(callbacks=[PreMemorizationCallback(...)]), or use "
@@ -346,7 +354,7 @@ def _draw_by_demand(
             active = {key: 1 for key, rows in shuffled.items() if rows}
             if not active:
                 break
-        for key, share in _largest_remainders(active, remaining).items():
+        for key, share in largest_remainders(active, remaining).items():
             take = shuffled[key][:share]
             shuffled[key] = shuffled[key][share:]
             chosen.extend(take)
@@ -355,8 +363,13 @@ def _draw_by_demand(
     return chosen
 
 
-def _largest_remainders(weights: Mapping[Any, float], n: int) -> dict[Any, int]:
-    """Split ``n`` in proportion to ``weights`` into whole counts summing to ``n`` (largest remainders, ties by key)."""
+def largest_remainders(weights: Mapping[Any, float], n: int) -> dict[Any, int]:
+    """Split ``n`` in proportion to ``weights`` into whole counts summing to ``n`` (largest remainders, ties by key).
+
+    Example:
+        >>> largest_remainders({"a": 3, "b": 1}, 6)  # quotas 4.5 and 1.5: the tie goes to the first key
+        {'a': 5, 'b': 1}
+    """
     total = sum(weights.values())
     quotas = {key: n * weight / total for key, weight in weights.items()}
     counts = {key: int(q) for key, q in quotas.items()}

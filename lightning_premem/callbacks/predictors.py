@@ -25,7 +25,6 @@ pre-memorization history itself (:func:`lightning_premem.analysis.predictor_tabl
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import time
@@ -41,19 +40,22 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_premem._batching import DEFAULT_PROMPT_TEMPLATE
+from lightning_premem._checks import check_int
 from lightning_premem.answers import grade
-from lightning_premem.callback import _atomic_write, _example_seed, _run_name
-from lightning_premem.probes import (
-    DEFAULT_STOP,
-    CompletionSampler,
-    HFSampler,
-    _check_int,
-    _eval_mode,
-    _generation_pad_id,
-    encode_prompt_target,
-    target_perplexity,
+from lightning_premem.callbacks.common import (
+    check_answer_kind,
+    datamodule_examples,
+    find_model,
+    find_tokenizer,
+    resolve_sampling,
 )
+from lightning_premem.history import PREDICTOR_COLUMNS, write_predictors
+from lightning_premem.probes.models import eval_mode
+from lightning_premem.probes.perplexity import target_perplexity
+from lightning_premem.probes.sampling import HFSampler, SamplingConfig
+from lightning_premem.probes.seeds import STREAMS, example_seed
+from lightning_premem.protocols import CompletionSampler, sample_completions
+from lightning_premem.tokenization import DEFAULT_PROMPT_TEMPLATE, encode_prompt_target, pad_token_id
 
 __all__ = [
     "BaselinePredictorsCallback",
@@ -65,10 +67,7 @@ __all__ = [
     "snapshot_parameters",
 ]
 
-PREDICTORS_FILE = "predictors.npz"
-_ATC_FIT_SALT = 0x0A7C_F17
-_ATC_QUERY_SALT = 0x0A7C_0E5
-_COLUMNS = ("epoch_train_loss", "gradient_variance", "distance_from_init", "atc", "atc_threshold", "atc_fit_accuracy")
+_OWNER = "BaselinePredictorsCallback"
 
 
 # --------------------------------------------------------------------------- the predictors as functions
@@ -251,8 +250,9 @@ class BaselinePredictorsCallback(Callback):
     Runs at the end of every ``every_n_epochs``-th training epoch, logs under ``predictors/``
     (``epoch_train_loss``, ``gradient_variance``, ``distance_from_init``, ``atc``, ``atc_threshold``,
     ``atc_fit_accuracy``; each only when turned on) and rewrites ``<log_dir>/premem/predictors.npz``
-    (rank 0, atomically): ``steps [T]``, ``epochs [T]`` and one ``[T]`` float array per column above (NaN
-    when off). ``premem report`` joins it with ``history.npz`` in the same folder by step. Use the same
+    (rank 0, atomically; :func:`lightning_premem.history.write_predictors`): ``steps [T]``, ``epochs [T]`` and
+    one ``[T]`` float array per column above (NaN when off). ``premem report`` joins it with ``history.npz``
+    in the same folder by step. Use the same
     ``every_n_epochs`` as the :class:`~lightning_premem.PreMemorizationCallback`.
 
     Args:
@@ -269,9 +269,13 @@ class BaselinePredictorsCallback(Callback):
             ATC threshold on; ATC is off without them. Use a validation split, never the test split.
         atc_queries: the queries whose confidences ATC thresholds (``id`` and ``question``; answers are not
             used). Default: ``trainer.datamodule.probe_examples("test")``.
-        num_samples, temperature, top_p, max_new_tokens, stop: sampling for ATC (as in
-            :class:`~lightning_premem.probes.HFSampler`).
-        sampler: another :class:`~lightning_premem.probes.CompletionSampler` for ATC.
+        sampling: ATC's sampling settings (a :class:`~lightning_premem.probes.SamplingConfig`; default the
+            paper's). With the same settings and seed, ATC's fit samples of validation queries are those of
+            ``PreMemorizationCallback(validation_examples=...)``.
+        num_samples, temperature, top_p, max_new_tokens: the same settings as flat arguments (not with
+            ``sampling``).
+        sampler: another :class:`~lightning_premem.protocols.CompletionSampler` for ATC (with its own settings:
+            not with ``sampling`` or the flat arguments).
         answer_kind: how ATC's held-out answers are graded (see :func:`~lightning_premem.answers.grade`).
         prompt_template: format of the ATC prompts.
         tokenizer: the tokenizer (default ``pl_module.tokenizer``, then ``trainer.datamodule.tokenizer``).
@@ -279,6 +283,7 @@ class BaselinePredictorsCallback(Callback):
         max_batch_tokens: token budget of the confidence passes.
         seed: seeds ATC's samples.
         history_dir: where ``predictors.npz`` goes (default ``<trainer.log_dir>/premem``).
+        run_name: the run's name in ``predictors.npz`` (default: the last two parts of the log folder).
     """
 
     def __init__(
@@ -292,11 +297,11 @@ class BaselinePredictorsCallback(Callback):
         loss_fn: Callable[[L.LightningModule, Any], Tensor] | None = None,
         atc_examples: Sequence[Mapping[str, Any]] | None = None,
         atc_queries: Sequence[Mapping[str, Any]] | None = None,
-        num_samples: int = 5,
-        temperature: float = 0.8,
-        top_p: float = 0.95,
-        max_new_tokens: int = 256,
-        stop: str | None = DEFAULT_STOP,
+        sampling: SamplingConfig | None = None,
+        num_samples: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
         sampler: CompletionSampler | None = None,
         answer_kind: Literal["gsm8k", "math"] | Callable[[str, str], bool | None] = "gsm8k",
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
@@ -305,14 +310,21 @@ class BaselinePredictorsCallback(Callback):
         max_batch_tokens: int = 8192,
         seed: int = 0,
         history_dir: str | Path | None = None,
+        run_name: str | None = None,
     ) -> None:
         super().__init__()
-        _check_int(every_n_epochs, "every_n_epochs", minimum=1)
-        _check_int(gradient_batches, "gradient_batches", minimum=0)
+        check_int(every_n_epochs, "every_n_epochs", minimum=1)
+        check_int(gradient_batches, "gradient_batches", minimum=0)
+        check_int(max_batch_tokens, "max_batch_tokens", minimum=1)
         if gradient_batches == 1:
             raise ValueError("`gradient_batches` must be 0 (off) or at least 2: a variance needs two gradients.")
-        if sampler is not None and not isinstance(sampler, CompletionSampler):
-            raise TypeError(f"`sampler` must implement CompletionSampler, got {type(sampler).__name__}.")
+        self.sampling = resolve_sampling(
+            _OWNER,
+            sampling,
+            sampler,
+            {"num_samples": num_samples, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens},
+        )
+        check_answer_kind(answer_kind)
         if atc_examples is not None and not list(atc_examples):
             raise ValueError("`atc_examples` is empty: pass held-out queries with answers, or None to turn ATC off.")
         if "{question}" not in prompt_template:
@@ -328,13 +340,7 @@ class BaselinePredictorsCallback(Callback):
         self.max_batch_tokens = max_batch_tokens
         self.seed = int(seed)
         self.history_dir = None if history_dir is None else Path(history_dir)
-        self._sampling: dict[str, Any] = {
-            "num_samples": num_samples,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-            "stop": stop,
-        }
+        self.run_name = run_name
         self._user_sampler = sampler
         self._tokenizer = tokenizer
         self._atc_examples = None if atc_examples is None else list(atc_examples)
@@ -361,8 +367,7 @@ class BaselinePredictorsCallback(Callback):
         if stage != "fit" or self._atc_examples is None:
             return
         if self._atc_queries is None:
-            offer = getattr(getattr(trainer, "datamodule", None), "probe_examples", None)
-            self._atc_queries = list(offer("test")) if callable(offer) else []
+            self._atc_queries = datamodule_examples(trainer, "test")
             if not self._atc_queries:
                 raise ValueError(
                     "ATC needs probe queries: pass atc_queries=[{'id', 'question'}, ...] to BaselinePredictorsCallback "
@@ -371,14 +376,16 @@ class BaselinePredictorsCallback(Callback):
         if self._user_sampler is not None:
             self._sampler = self._user_sampler
         else:
-            self._sampler = HFSampler(
-                self._model(pl_module), self._find_tokenizer(trainer, pl_module), **self._sampling
+            self._sampler = HFSampler.from_config(
+                find_model(pl_module, self.model_attr, _OWNER),
+                find_tokenizer(trainer, pl_module, self._tokenizer, _OWNER),
+                self.sampling or SamplingConfig(),
             )
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.distance and self._initial is None:
-            self._initial = snapshot_parameters(self._model(pl_module), self.state_device)
+            self._initial = snapshot_parameters(find_model(pl_module, self.model_attr, _OWNER), self.state_device)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -420,14 +427,14 @@ class BaselinePredictorsCallback(Callback):
         reduced: Tensor = trainer.strategy.reduce(local, reduce_op="mean")
         values = dict(zip(names, reduced.cpu().tolist(), strict=True))
         record = {"step": float(trainer.global_step), "epoch": float(trainer.current_epoch)}
-        record.update({name: values.get(name, math.nan) for name in _COLUMNS})
+        record.update({name: values.get(name, math.nan) for name in PREDICTOR_COLUMNS})
         self._rounds.append(record)
         logged = {f"predictors/{k}": v for k, v in values.items() if math.isfinite(v)}
         if logged:
             pl_module.log_dict(logged, on_step=False, on_epoch=True, sync_dist=False)
         if trainer.is_global_zero:
             folder = self.history_dir or Path(trainer.log_dir or trainer.default_root_dir) / "premem"
-            self._write(folder)
+            write_predictors(folder, self._rounds, run_name=self.run_name)
         trainer.strategy.barrier("predictors_round_written")
         rank_zero_info(
             "[premem] predictors: "
@@ -449,11 +456,11 @@ class BaselinePredictorsCallback(Callback):
         values: dict[str, float] = {}
         if self._loss_count:
             values["epoch_train_loss"] = self._loss_sum / self._loss_count
-        model = self._model(pl_module)
+        model = find_model(pl_module, self.model_attr, _OWNER)
         if self._batches is not None:
             params = [p for p in model.parameters() if p.requires_grad]
             device = next(iter(params)).device if params else torch.device("cpu")
-            with _eval_mode(model):
+            with eval_mode(model):
                 values["gradient_variance"] = gradient_variance(
                     lambda batch: self._loss(pl_module, _to_device(batch, device)),
                     self._batches,
@@ -474,7 +481,7 @@ class BaselinePredictorsCallback(Callback):
                 "the default gradient-variance loss needs batches with 'input_ids' and 'labels'; pass "
                 "loss_fn=(pl_module, batch) -> loss to BaselinePredictorsCallback."
             )
-        out = self._model(pl_module)(
+        out = find_model(pl_module, self.model_attr, _OWNER)(
             input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"]
         )
         loss = out if isinstance(out, Tensor) else getattr(out, "loss", None)
@@ -485,11 +492,12 @@ class BaselinePredictorsCallback(Callback):
     def _atc(self, pl_module: L.LightningModule) -> dict[str, float]:
         if self._sampler is None or self._atc_examples is None or self._atc_queries is None:
             raise RuntimeError("setup() did not run")
-        model = self._model(pl_module)
-        tokenizer = self._find_tokenizer(pl_module.trainer, pl_module)
-        pad = _generation_pad_id(tokenizer)
-        fit_conf, fit_correct = self._sample_confidences(model, tokenizer, pad, self._atc_examples, _ATC_FIT_SALT)
-        query_conf, _ = self._sample_confidences(model, tokenizer, pad, self._atc_queries, _ATC_QUERY_SALT)
+        model = find_model(pl_module, self.model_attr, _OWNER)
+        tokenizer = find_tokenizer(pl_module.trainer, pl_module, self._tokenizer, _OWNER)
+        pad = pad_token_id(tokenizer)
+        # the fit set is validation queries: the validation stream, as PreMemorizationCallback samples them
+        fit_conf, fit_correct = self._sample_confidences(model, tokenizer, pad, self._atc_examples, "validation")
+        query_conf, _ = self._sample_confidences(model, tokenizer, pad, self._atc_queries, "atc_queries")
         threshold = fit_atc_threshold(fit_conf, fit_correct)
         return {
             "atc": atc_score(query_conf, threshold),
@@ -498,15 +506,15 @@ class BaselinePredictorsCallback(Callback):
         }
 
     def _sample_confidences(
-        self, model: Any, tokenizer: Any, pad: int, rows: list[Mapping[str, Any]], salt: int
+        self, model: Any, tokenizer: Any, pad: int, rows: list[Mapping[str, Any]], stream: str
     ) -> tuple[np.ndarray, np.ndarray]:
         if self._sampler is None:
             raise RuntimeError("setup() did not run")
         prompts = [self.prompt_template.format(**row) for row in rows]
-        seeds = [_example_seed(self.seed ^ salt, int(row["id"])) for row in rows]
+        seeds = [example_seed(self.seed, int(row["id"]), STREAMS[stream]) for row in rows]
         was_training = model.training
         try:
-            samples = self._sampler.sample(prompts, seeds)
+            samples = sample_completions(self._sampler, prompts, seeds)
             flat_prompts = [p for p, texts in zip(prompts, samples, strict=True) for _ in texts]
             flat = [t for texts in samples for t in texts]
             confidence = completion_confidence(
@@ -520,35 +528,6 @@ class BaselinePredictorsCallback(Callback):
             for text in texts
         ]
         return confidence.double().numpy(), np.array(correct, dtype=bool)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _model(self, pl_module: L.LightningModule) -> Any:
-        model = getattr(pl_module, self.model_attr, None)
-        return model if isinstance(model, torch.nn.Module) else pl_module
-
-    def _find_tokenizer(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
-        for tokenizer in (
-            self._tokenizer,
-            getattr(pl_module, "tokenizer", None),
-            getattr(getattr(trainer, "datamodule", None), "tokenizer", None),
-        ):
-            if tokenizer is not None:
-                return tokenizer
-        raise ValueError("ATC needs the tokenizer: pass tokenizer= to BaselinePredictorsCallback.")
-
-    def _write(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        columns: dict[str, np.ndarray] = {
-            "steps": np.array([int(r["step"]) for r in self._rounds], dtype=np.int64),
-            "epochs": np.array([int(r["epoch"]) for r in self._rounds], dtype=np.int64),
-            "run_name": np.array(_run_name(folder)),
-        }
-        for name in _COLUMNS:
-            columns[name] = np.array([r[name] for r in self._rounds], dtype=np.float64)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **columns)  # type: ignore[arg-type]  # numpy's stub types **kwds loosely
-        _atomic_write(folder / PREDICTORS_FILE, buffer.getvalue())
 
 
 def _to_cpu(batch: Any) -> Any:
