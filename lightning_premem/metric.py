@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_premem._checks import check_history, check_threshold
+from lightning_premem._checks import check_history, check_int, check_threshold
 from lightning_premem.functional import masked_accuracy
 
 __all__ = ["PreMemorizationAccuracy"]
@@ -54,12 +54,14 @@ class PreMemorizationAccuracy(Metric):
     examples observed at least once (Kang et al., arXiv 2411.07681).
 
     Args:
-        num_examples: size of the training set; example ids are ``0 .. num_examples - 1``.
+        num_examples: how many examples the metric tracks; example ids are ``0 .. num_examples - 1`` (a
+            training set's ids when they are, or positions in a probed subset: the callback's metric has one
+            example per probed id, example ``i`` being ``callback.probed_ids[i]``).
         threshold: perplexity ``p``; an example is memorized iff its perplexity is ``<= p``.
         kwargs: forwarded to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
 
     ``update`` inputs:
-        - ``example_ids`` (``[B]`` int): which examples were probed;
+        - ``example_ids`` (``[B]`` int in ``[0, num_examples)``): which examples were probed;
         - ``accuracy`` (``[B]`` in ``[0, 1]``): fraction of their sampled answers that were correct;
         - ``perplexity`` (``[B]`` >= 1): perplexity of their target traces;
         - ``step`` (int, optional): the checkpoint's step (e.g. ``trainer.global_step``). Each
@@ -93,8 +95,7 @@ class PreMemorizationAccuracy(Metric):
 
     def __init__(self, num_examples: int, threshold: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-            raise ValueError(f"`num_examples` must be a positive int (the training-set size), got {num_examples!r}.")
+        check_int(num_examples, "num_examples", minimum=1)
         self.num_examples = num_examples
         self.threshold = check_threshold(threshold)
         self.add_state("running_max", torch.zeros(num_examples), dist_reduce_fx="max", persistent=True)
@@ -206,8 +207,7 @@ class PreMemorizationAccuracy(Metric):
             return int(self.clock)
         if isinstance(step, Tensor) and step.numel() == 1:
             step = int(step.item())
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
-            raise ValueError(f"`step` must be an int in [0, {_MAX_STEP}], got {step!r}.")
+        step = check_int(step, "step", minimum=0, maximum=_MAX_STEP)
         previous, _, _ = _unpack(self.latest[ids])
         stale = (self.latest[ids] >= 0) & (previous > step)
         if stale.any():

@@ -56,7 +56,7 @@ def test_user_files_and_errors(tmp_path, capsys):
     assert main([*args[:-1], str(tmp_path / "steps"), *files, "--steps-per-round", "3"]) == 0
     assert json.loads((tmp_path / "steps" / "curation.json").read_text())["config"]["steps_per_round"] == 3
     assert main([*args, *files, "--steps-per-round", "0"]) == 2
-    assert "`steps_per_round` must be a positive int or None" in capsys.readouterr().err
+    assert "`steps_per_round` must be an int >= 1, got 0" in capsys.readouterr().err
     assert main([*args, "--train", str(paths["train"])]) == 2
     assert "--train, --pool and --test together" in capsys.readouterr().err
     assert main([*args, *files, "--acquire", "500", "--output", str(tmp_path / "big")]) == 2
@@ -76,7 +76,7 @@ def test_round_length_in_epochs_or_in_steps():
     assert _round_epochs(steps, 80) == (8, 2)  # 10 epochs -> 2.5 per probe, rounded (to even) to 2
     assert _round_epochs(steps, 5000) == (4, 1)  # at least one epoch per probe
     assert _round_epochs(dataclasses.replace(steps, probes_per_round=1), 40) == (20, 20)
-    with pytest.raises(ValueError, match="`steps_per_round` must be a positive int or None"):
+    with pytest.raises(ValueError, match="`steps_per_round` must be an int >= 1, got 0"):
         dataclasses.replace(QUICK, steps_per_round=0)
 
 

@@ -129,7 +129,7 @@ def test_sweep_epochs_give_the_probes_and_about_the_steps():
     ("changes", "match"),
     [
         ({"sizes": ()}, "at least one value"),
-        ({"steps": 0}, "`steps` must be a positive int"),
+        ({"steps": 0}, "`steps` must be an int >= 1, got 0"),
         ({"sizes": (100,), "probe_size": 200, "robustness_run": (100, 3e-3)}, "at least `probe_size`"),
         ({"robustness_run": (999, 3e-3)}, "`robustness_run`"),
         ({"sizes": (256,), "learning_rates": (1e-3,), "seeds": (0,), "robustness_run": (256, 1e-3)}, "at least 3"),

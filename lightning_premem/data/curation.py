@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
+from lightning_premem._checks import check_int
 from lightning_premem.data.datamodule import ReasoningDataModule
 from lightning_premem.protocols import ScoreSender
 
@@ -294,8 +295,7 @@ def select_for_acquisition(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
     if not pool:
         raise ValueError("the candidate pool is empty: nothing to acquire.")
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
-        raise ValueError(f"`budget` must be an int >= 0, got {budget!r}.")
+    check_int(budget, "budget", minimum=0)
     if budget > len(pool):
         raise ValueError(f"`budget` ({budget}) is larger than the pool ({len(pool)} examples).")
     for name, rows in (("train", train), ("pool", pool)):

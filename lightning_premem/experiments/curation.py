@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L  # noqa: N812  (the library's own convention)
 
+from lightning_premem._checks import check_int
 from lightning_premem.analysis.plots import plot_curation
 from lightning_premem.callbacks import PreMemorizationCallback
 from lightning_premem.data import ReasoningDataModule
@@ -98,15 +99,9 @@ class CurationConfig:
             "batch_size",
             "probes_per_round",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        if self.steps_per_round is not None and (
-            isinstance(self.steps_per_round, bool)
-            or not isinstance(self.steps_per_round, int)
-            or self.steps_per_round < 1
-        ):
-            raise ValueError(f"`steps_per_round` must be a positive int or None, got {self.steps_per_round!r}.")
+            check_int(getattr(self, name), name, minimum=1)
+        if self.steps_per_round is not None:
+            check_int(self.steps_per_round, "steps_per_round", minimum=1)
         if not isinstance(self.sampling, SamplingConfig):
             raise TypeError(f"`sampling` must be a SamplingConfig, got {type(self.sampling).__name__}.")
         if self.acquire_per_round < 0:

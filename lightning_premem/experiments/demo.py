@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lightning_premem._checks import check_real
 from lightning_premem.analysis.plots import plot_accuracy_curves, plot_dynamics
 from lightning_premem.callbacks import PreMemorizationCallback
 from lightning_premem.data import ReasoningDataModule
@@ -75,7 +76,7 @@ class DemoConfig:
             value = getattr(self, field.name)
             if field.name in ("threshold", "seed", "dropout", "templates", "trace_diversity", "sampling"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if check_real(value, field.name) <= 0:
                 raise ValueError(f"`{field.name}` must be a positive number, got {value!r}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout!r}.")

@@ -37,6 +37,7 @@ from typing import Any, TypeAlias
 import lightning as L  # noqa: N812  (the library's own convention)
 import torch
 
+from lightning_premem._checks import check_int
 from lightning_premem.callbacks import BaselinePredictorsCallback, PreMemorizationCallback
 from lightning_premem.data import ReasoningDataModule
 from lightning_premem.data.curation import STRATEGIES
@@ -139,9 +140,7 @@ class ReplicationConfig:
                      "n_layer", "n_embd", "n_head", "curation_pool_size", "curation_test_size",
                      "curation_base_size", "curation_base_steps",
                      "jobs"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_int(getattr(self, name), name, minimum=1)
         for name in ("sizes", "learning_rates", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"`{name}` must name at least one value.")
