@@ -129,9 +129,8 @@ def _target_of(run: RunHistory, target: str) -> np.ndarray:
     values = run.validation_accuracy if target == "validation_accuracy" else run.test_accuracy
     if values is None:
         hint = (
-            " Record a validation split (e.g. pass validation examples as the callback's test_examples and use "
-            "target='test_accuracy' on those runs), or split the runs with split_runs() and fit on "
-            "target='test_accuracy' of the fit runs only."
+            " Record it with PreMemorizationCallback(validation_examples=...) (held-out queries drawn like the "
+            "test set), or split the runs with split_runs() and fit on target='test_accuracy' of the fit runs only."
             if target == "validation_accuracy"
             else ""
         )
