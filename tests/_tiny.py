@@ -4,6 +4,7 @@ import random
 import re
 from functools import partial
 
+import lightning as L  # noqa: N812
 import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -84,3 +85,19 @@ class SeedKeyedSampler:
     @staticmethod
     def expected_accuracy(seeds):
         return sum(bin(seed & 0b1111).count("1") for seed in seeds) / (4 * len(seeds))
+
+
+def fit_quietly(tmp_path, pl_module, train_loader, callbacks, epochs=1):
+    """Fit on CPU with no logger, checkpoints, progress bar or model summary; return the trainer."""
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        logger=False,
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    trainer.fit(pl_module, train_loader)
+    return trainer

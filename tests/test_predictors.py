@@ -6,7 +6,7 @@ import lightning as L  # noqa: N812
 import numpy as np
 import pytest
 import torch
-from _tiny import SeedKeyedSampler, examples, loader, module, tokenizer
+from _tiny import SeedKeyedSampler, examples, fit_quietly, loader, module, tokenizer
 
 from lightning_premem import PreMemorizationCallback
 from lightning_premem.analysis import predictor_table
@@ -163,17 +163,7 @@ def test_atc_fit_samples_are_the_validation_probe_samples(tmp_path):
     predictors = BaselinePredictorsCallback(
         gradient_batches=0, distance=False, atc_examples=held, atc_queries=train, sampler=SeedKeyedSampler(), seed=7
     )
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        logger=False,
-        callbacks=[premem, predictors],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module(tok), loader(tok, train, batch_size=4))
+    fit_quietly(tmp_path, module(tok), loader(tok, train, batch_size=4), [premem, predictors])
     expected = SeedKeyedSampler.expected_accuracy([example_seed(7, r["id"], STREAMS["validation"]) for r in held])
     assert 0 < expected < 1
     assert premem.history[-1]["validation_accuracy"] == pytest.approx(expected)

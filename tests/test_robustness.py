@@ -3,7 +3,7 @@
 import lightning as L  # noqa: N812
 import numpy as np
 import pytest
-from _tiny import SeedKeyedSampler, examples, loader, module, tokenizer
+from _tiny import SeedKeyedSampler, examples, fit_quietly, loader, module, tokenizer
 
 from lightning_premem import PreMemorizationCallback
 from lightning_premem.analysis import build_report
@@ -76,17 +76,7 @@ def test_callback_option_writes_and_logs_robust_accuracy(tmp_path):
         train_examples=train, sampler=ByPrompt(train), perturbations="default", progress=False
     )
     L.seed_everything(0)
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        logger=False,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module(tok), loader(tok, train))
+    trainer = fit_quietly(tmp_path, module(tok), loader(tok, train), [callback], epochs=2)
     even = np.array([int(r["solution"].split()[-1]) % 2 == 0 for r in train])
     record = callback.history[-1]
     np.testing.assert_array_equal(record["robust_accuracy"].numpy(), [np.where(even, 0.5, 0.0), np.zeros(6)])
@@ -107,17 +97,7 @@ def test_callback_and_robustness_accuracy_draw_the_same_samples(tmp_path):
     callback = PreMemorizationCallback(
         train_examples=train, sampler=SeedKeyedSampler(), perturbations="default", seed=5, progress=False
     )
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        logger=False,
-        callbacks=[callback],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module(tok), loader(tok, train))
+    fit_quietly(tmp_path, module(tok), loader(tok, train), [callback])
     standalone = robustness_accuracy(SeedKeyedSampler(), train, seed=5)
     assert 0 < float(standalone.mean()) < 1  # the samples depend on the seeds
     np.testing.assert_array_equal(callback.history[-1]["robust_accuracy"].numpy(), standalone.numpy())
