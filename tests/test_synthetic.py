@@ -294,7 +294,7 @@ def test_pool_exhaustion_and_bad_exclude() -> None:
     assert len({row["question"] for row in task.generate(16, seed=0, unique=True)}) == 16
     with pytest.raises(ValueError, match=r"no new problem for row id 16.*at most 16 distinct"):
         task.generate(17, seed=0, unique=True)
-    with pytest.raises(ValueError, match=r"not a question of lightning_premem\.synthetic"):
+    with pytest.raises(ValueError, match=r"not a question of lightning_premem\.data\.synthetic"):
         task.generate(1, seed=0, exclude=["What is 2+2?"])
     with pytest.raises(TypeError, match="`exclude` must be an iterable"):
         task.generate(1, seed=0, exclude="2*3+3*2")  # type: ignore[arg-type]

@@ -43,7 +43,7 @@ def plot_replay(result: dict[str, Any], path: str | Path) -> Path:
     """Draw the paper's figure: pre-memorization vs test accuracy, one line per run, y = x for reference.
 
     Args:
-        result: the mapping returned by :func:`lightning_premem.replay.replay`.
+        result: the mapping returned by :func:`lightning_premem.analysis.replay.replay`.
         path: where to write the image (its suffix picks the format, e.g. ``.png``).
 
     Returns:

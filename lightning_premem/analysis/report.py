@@ -80,12 +80,12 @@ def predictor_table(runs: Sequence[RunHistory], threshold: float) -> dict[str, A
 
     Predictors (see ``docs/analysis.md`` for definitions and costs):
 
-    - ``pre_memorization_accuracy``, ``train_accuracy``: from :func:`lightning_premem.replay.replay`;
+    - ``pre_memorization_accuracy``, ``train_accuracy``: from :func:`lightning_premem.analysis.replay.replay`;
     - ``train_loss``: mean over the probed training examples of ``log(target perplexity)``, i.e. each
       trace's mean token cross-entropy at the checkpoint (available for every history);
     - ``epoch_train_loss``, ``gradient_variance``, ``distance_from_init``, ``atc``: from
       ``predictors.npz`` next to the history (written by
-      :class:`~lightning_premem.predictors.BaselinePredictorsCallback`), joined by step.
+      :class:`~lightning_premem.callbacks.BaselinePredictorsCallback`), joined by step.
 
     Args:
         runs: run histories (:func:`lightning_premem.history.load_run_histories`).

@@ -158,7 +158,7 @@ def parse_question(question: str) -> tuple[str, tuple[int, ...]]:
             ):
                 return template.name, operands
     raise ValueError(
-        f"not a question of lightning_premem.synthetic: {question[:80]!r} (first 80 chars) matches no template "
+        f"not a question of lightning_premem.data.synthetic: {question[:80]!r} (first 80 chars) matches no template "
         f"({', '.join(TEMPLATES)}) in the 'compact' or 'words' style."
     )
 

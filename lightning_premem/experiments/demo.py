@@ -64,7 +64,7 @@ class DemoConfig:
     dropout: float = 0.0
     """Dropout of the GPT (none: memorization shows within the demo's few minutes)."""
     templates: tuple[str, ...] = ("a+b*c+d",)
-    """Synthetic task templates (see :data:`lightning_premem.synthetic.TEMPLATES`)."""
+    """Synthetic task templates (see :data:`lightning_premem.data.templates.TEMPLATES`)."""
     trace_diversity: int = 3
     """Randomness of the solution traces (0-3): what separates solving from memorizing."""
     threshold: float | None = None

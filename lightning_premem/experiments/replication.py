@@ -1,15 +1,15 @@
 """``premem replicate``: the paper's three findings at CPU scale, with the package's own tools.
 
 1. **Prediction.** A sweep of small GPTs trained from scratch on the synthetic task
-   (:class:`~lightning_premem.synthetic.ArithmeticTask`), learning rates x training-set sizes x seeds,
+   (:class:`~lightning_premem.data.synthetic.ArithmeticTask`), learning rates x training-set sizes x seeds,
    each probed at several checkpoints by :class:`~lightning_premem.PreMemorizationCallback` and
-   :class:`~lightning_premem.predictors.BaselinePredictorsCallback`. The memorization threshold is
+   :class:`~lightning_premem.callbacks.BaselinePredictorsCallback`. The memorization threshold is
    calibrated on a *validation* split of fresh problems (never the test split), then the R² of test
    accuracy on pre-memorization accuracy and on every baseline is measured over all checkpoints and
    leave-one-run-out.
 2. **Robustness.** One run of the sweep also probes its training questions under prompt
    perturbations; the accuracy drop is binned by pre-memorization accuracy.
-3. **Curation.** :func:`~lightning_premem.acquisition.run_curation` for every strategy and several
+3. **Curation.** :func:`~lightning_premem.experiments.curation.run_curation` for every strategy and several
    seeds on a pool of templates of different difficulty; the data-efficiency ratio of ``premem`` over
    ``iid``.
 
