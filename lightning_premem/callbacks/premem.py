@@ -376,11 +376,10 @@ class PreMemorizationCallback(Callback):
                 max_batch_tokens=self.max_batch_tokens,
                 progress=bar.update,
             )
-            held_correct = {
-                split: self._sample_and_grade(probe, mine_, self._seeds(probe, mine_, split), bar)[0]
-                for split, probe in self._held_out.items()
-                for mine_ in [held_mine[split]]
-            }
+            held_correct = {}
+            for split, probe in self._held_out.items():
+                seeds = self._seeds(probe, held_mine[split], split)
+                held_correct[split] = self._sample_and_grade(probe, held_mine[split], seeds, bar)[0]
             robust_correct = [
                 self._sample_and_grade(
                     perturbed, mine, [perturbation_seed(self.seed, index, perturbed.ids[i]) for i in mine], bar
