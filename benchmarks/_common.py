@@ -56,18 +56,29 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall times of several functions, run round-robin so that machine noise hits them alike."""
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
+    """Median times of several functions, run round-robin so that machine noise hits them alike.
+
+    ``clock`` is wall time by default; pass ``time.process_time`` (process CPU time) for one-thread CPU runs on
+    a shared machine, where other jobs make wall time noisy.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def cpu_clock(device: torch.device) -> Callable[[], float]:
+    """Return the clock to time on: process CPU time for a one-thread CPU run, wall time otherwise."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
 
 
 def machine() -> dict[str, Any]:
@@ -124,7 +135,17 @@ def write_results(output: Path, name: str, payload: dict[str, Any], quick: bool)
     return path
 
 
-def tiny_gpt2(vocab_size: int, *, n_layer: int, n_embd: int, n_head: int, n_positions: int, seed: int = 0) -> Any:
+def tiny_gpt2(
+    vocab_size: int,
+    *,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_positions: int,
+    seed: int = 0,
+    bos_token_id: int = 2,
+    eos_token_id: int = 3,
+) -> Any:
     """Build a randomly initialised GPT-2 (no download), in eval mode, float32."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -135,8 +156,8 @@ def tiny_gpt2(vocab_size: int, *, n_layer: int, n_embd: int, n_head: int, n_posi
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        bos_token_id=2,
-        eos_token_id=3,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
         pad_token_id=0,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
@@ -160,6 +181,30 @@ def gsm8k_texts(n: int) -> list[tuple[str, str]]:
 
     rows = [json.loads(line) for line in GSM8K.read_text().splitlines()[:n]]
     return [format_example({"question": r["question"], "solution": r["answer"]}) for r in rows]
+
+
+def gsm8k_bpe_tokenizer(vocab_size: int = 16384) -> Any:
+    """Return a byte-level BPE tokenizer trained on the bundled GSM8K test split (``tokenizers``; seconds).
+
+    Real token lengths without a download: GSM8K prompt + trace is ~150 of these tokens (GPT-2's BPE gives
+    about the same), against ~530 characters. The trainer stops below ``vocab_size`` when the text has no
+    more merges (about 11.4k here). ``<pad>`` is id 0, ``<eos>`` id 1.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [p + t for p, t in gsm8k_texts(10**9)]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")  # type: ignore[no-untyped-call]
 
 
 def parameters(model: torch.nn.Module) -> int:

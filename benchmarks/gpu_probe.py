@@ -1,11 +1,11 @@
 """Both probes on a real small LM (SmolLM2-135M) on a GPU, against plain one-example-at-a-time loops.
 
-One prepared script for a lent GPU session (it has NOT been run for the numbers in
-docs/performance.md unless that file says so). Perplexity: the authors' loop (batch 1, prompt
-tokenized separately) vs ``target_perplexity`` at several token budgets vs a bare forward pass
-at several batch sizes (the limit). Sampling: a plain loop (one ``generate`` call per prompt with
-``num_return_sequences=k``, to ``max_new_tokens``) vs ``HFSampler`` at several batch sizes. GSM8K
-test problems from ``tests/data``.
+One prepared script for a GPU (it has NOT been run for the numbers in docs/performance.md unless
+that file says so). Perplexity: the authors' loop (batch 1, prompt tokenized separately, the full LM
+head) vs ``target_perplexity`` at several token budgets vs the real limit (the body over every token,
+the LM head on the target positions only) at several batch sizes. Sampling: a plain loop (one
+``generate`` call per prompt with ``num_return_sequences=k``, to ``max_new_tokens``) vs ``HFSampler``
+at several batch sizes. GSM8K test problems from ``tests/data``.
 
     python benchmarks/gpu_probe.py --model HuggingFaceTB/SmolLM2-135M      # hub name or local folder
     python benchmarks/gpu_probe.py --quick --model tiny --device cpu      # smoke run, no download
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import gsm8k_texts, interleaved_times, markdown_table, parameters, parser, setup, tiny_gpt2, write_results
-from perplexity_probe import authors_loop, bare_forward, packed
+from perplexity_probe import authors_loop, real_limit
 
 NAME = "gpu_probe"
 
@@ -81,19 +81,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     texts = gsm8k_texts(n_ppl)
     pairs = [encode_prompt_target(tokenizer, p, t) for p, t in texts]
-    sequences = [p + t for p, t in pairs]
-    lengths = [len(s) for s in sequences]
+    lengths = [len(p) + len(t) for p, t in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     fns: dict[str, Any] = {"authors loop (batch 1)": lambda: (authors_loop(model, tokenizer, texts, device), sync())}
     for rows in row_counts:
-        fns[f"bare forward, batch {rows}"] = lambda r=rows: bare_forward(model, sequences, packed(lengths, r), device)
+        fns[f"real limit, batch {rows}"] = lambda r=rows: real_limit(model, pairs, r, device)
     for budget in budgets:
         fns[f"target_perplexity, budget {budget}"] = lambda b=budget: (
             target_perplexity(model, pairs, pad_token_id=pad, max_batch_tokens=b),
             sync(),
         )
     ppl_times = interleaved_times(fns, repeats)
-    limit = min(v for name, v in ppl_times.items() if name.startswith("bare"))
+    limit = min(v for name, v in ppl_times.items() if name.startswith("real limit"))
     authors = ppl_times["authors loop (batch 1)"]
     ppl_rows = [
         {"method": name, "seconds": s, "tokens_per_s": sum(lengths) / s, "x_limit": s / limit, "authors_x": authors / s}

@@ -652,7 +652,42 @@ def test_stop_check_finishes_rows_at_eos(tok):
     assert criterion(torch.tensor([[5, 6, 7], [5, eos, 0]]), None).tolist() == [False, True]
 
 
-def test_perplexity_skips_the_lm_head_on_unscored_positions(model, pairs, reference):
+def test_perplexity_runs_the_lm_head_only_on_target_positions(model, pairs, reference, monkeypatch):
+    rows_seen: list[int] = []
+    head = model.get_output_embeddings()
+    original = head.forward
+
+    def spy(hidden):
+        rows_seen.append(hidden.shape[0])
+        assert hidden.dim() == 2  # gathered positions, not [batch, length, hidden]
+        return original(hidden)
+
+    monkeypatch.setattr(head, "forward", spy)
+    monkeypatch.setattr(model, "forward", lambda *a, **k: pytest.fail("the full forward ran"))
+    perplexity._SPLIT_CHECKED[model] = True  # checked before (the check runs the full forward once)
+    got = target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=300)
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=0)
+    assert sum(rows_seen) == sum(len(t) for _, t in pairs)  # one head row per target token, none for prompts
+
+
+def test_perplexity_checks_the_split_once_and_falls_back_when_it_differs(tok, pairs):
+    class Scaled(GPT2LMHeadModel):
+        def forward(self, *args, **kwargs):  # logits that are more than head(last hidden state)
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2.0
+            return out
+
+    torch.manual_seed(0)
+    scaled = Scaled(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=16, n_layer=1, n_head=2)).eval()
+    expected = reference_perplexity(scaled, pairs)
+    torch.testing.assert_close(target_perplexity(scaled, pairs, pad_token_id=0), expected, rtol=1e-4, atol=0)
+    assert perplexity._SPLIT_CHECKED[scaled] is False  # from then on its own forward runs
+    torch.testing.assert_close(target_perplexity(scaled, pairs, pad_token_id=0), expected, rtol=1e-4, atol=0)
+
+
+def test_perplexity_skips_the_lm_head_on_unscored_positions_without_a_split(model, pairs, reference, monkeypatch):
+    # a model that declares post-processed logits runs its own forward, with the LM head skipped where no row scores
+    monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
     seen: list[tuple[int, int]] = []
     original = model.forward
 
@@ -674,19 +709,21 @@ def test_perplexity_skips_the_lm_head_on_unscored_positions(model, pairs, refere
 
 def test_perplexity_budget_is_capped_on_cpu(model, pairs, reference, monkeypatch):
     widths: list[int] = []
-    original = model.forward
+    body = model.base_model
+    original = body.forward
 
-    def spy(input_ids=None, logits_to_keep=0, **kwargs):
+    def spy(input_ids=None, **kwargs):
         widths.append(input_ids.numel())
-        return original(input_ids=input_ids, logits_to_keep=logits_to_keep, **kwargs)
+        return original(input_ids=input_ids, **kwargs)
 
-    monkeypatch.setattr(model, "forward", spy)
-    monkeypatch.setattr(perplexity, "_CPU_MAX_BATCH_TOKENS", 100)
+    monkeypatch.setattr(body, "forward", spy)
+    # a cap of 100 tokens at this model's width (activations = padded tokens x hidden size)
+    monkeypatch.setattr(perplexity, "_CPU_MAX_BATCH_ACTIVATIONS", 100 * model.config.n_embd)
     got = target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=10**9)
     longest = max(len(p) + len(t) for p, t in pairs)
     assert len(widths) > 1 and all(n <= max(100, longest) for n in widths)
     torch.testing.assert_close(got, reference, rtol=1e-4, atol=0)
-    monkeypatch.setattr(perplexity, "_CPU_MAX_BATCH_TOKENS", None)
+    monkeypatch.setattr(perplexity, "_CPU_MAX_BATCH_ACTIVATIONS", None)
     widths.clear()
     target_perplexity(model, pairs, pad_token_id=0, max_batch_tokens=10**9)
     assert len(widths) == 1  # uncapped: one batch

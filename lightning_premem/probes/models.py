@@ -20,12 +20,18 @@ __all__ = [
     "check_vocab",
     "declares_argument",
     "eval_mode",
+    "hidden_size",
     "is_hf_model",
     "logits_of",
     "max_positions",
     "model_device",
+    "split_head",
     "vocab_size",
 ]
+
+
+#: Config fields of models whose logits are more than ``head(last hidden state)``.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 @contextlib.contextmanager
@@ -86,14 +92,46 @@ def _model_config(model: Any) -> Any:
     return config
 
 
-def max_positions(model: Any) -> int | None:
-    """Return the model's maximum sequence length from its config, when it declares one."""
+def _config_int(model: Any, names: Sequence[str]) -> int | None:
     config = _model_config(model)
-    for name in ("max_position_embeddings", "n_positions"):
+    for name in names:
         value = getattr(config, name, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def max_positions(model: Any) -> int | None:
+    """Return the model's maximum sequence length from its config, when it declares one."""
+    return _config_int(model, ("max_position_embeddings", "n_positions"))
+
+
+def hidden_size(model: Any) -> int | None:
+    """Return the width of the model's hidden states from its config, when it declares one."""
+    return _config_int(model, ("hidden_size", "n_embd", "d_model"))
+
+
+def split_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """Return ``(body, head)`` of a Hugging Face causal LM, or None when it has no separate output layer.
+
+    ``body(input_ids=...)`` returns the last hidden states and ``head`` maps them to logits, as the
+    model's own forward does for the models whose logits are ``head(last hidden state)`` (GPT-2, Llama,
+    Mistral, Qwen, SmolLM, ...). Models whose config declares a post-processing of the logits (Gemma's
+    soft-capping, Cohere's and Granite's scaling) get None; for any other the caller checks the split
+    against the model's own forward once.
+    """
+    if not is_hf_model(model):
+        return None
+    config = _model_config(model)
+    for name in _LOGIT_POSTPROCESSING:
+        value = getattr(config, name, None)
+        if value is not None and value != 1:
+            return None
+    head = model.get_output_embeddings()
+    body = getattr(model, "base_model", None)
+    if not isinstance(head, torch.nn.Module) or not isinstance(body, torch.nn.Module) or body is model:
+        return None
+    return body, head
 
 
 def vocab_size(model: Any) -> int | None:

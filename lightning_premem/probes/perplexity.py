@@ -8,6 +8,7 @@ See ``docs/probes.md`` for the batching strategy and its measured cost.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,17 +22,25 @@ from lightning_premem.probes.models import (
     check_vocab,
     declares_argument,
     eval_mode,
+    hidden_size,
     is_hf_model,
     logits_of,
     model_device,
+    split_head,
 )
 
 __all__ = ["target_perplexity"]
 
-#: ``target_perplexity`` caps its token budget at this on a CPU model (None: no cap). Measured on
-#: 2 CPU cores with 0.5-1 M-parameter GPT-2s (docs/performance.md): padded batches beyond ~2k
-#: tokens fall out of cache and get slower per token than batch 1 on ~600-token sequences.
-_CPU_MAX_BATCH_TOKENS: int | None = 2048
+#: On a CPU model a batch holds at most this many activations (padded tokens x hidden size; None: no cap).
+#: Larger batches fall out of cache and get slower per token (docs/performance.md): measured fastest at
+#: 2-4 rows of ~150 BPE tokens for hidden sizes 256-512, and at ~2k character tokens for hidden size 96.
+_CPU_MAX_BATCH_ACTIVATIONS: int | None = 2**18
+#: The CPU token cap of a model whose config names no hidden size.
+_CPU_MAX_BATCH_TOKENS_UNKNOWN_WIDTH = 2048
+#: The LM head scores at most this many logits (positions x vocabulary) at once: memory, not speed.
+_HEAD_CHUNK_LOGITS = 2**24
+#: Whether a model's (body, head) split gives its own logits: checked once per model, on its first batch.
+_SPLIT_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def target_perplexity(
@@ -50,17 +59,23 @@ def target_perplexity(
 
     Batching: the pairs are sorted by total length (longest first) and packed greedily into
     batches whose padded size ``rows x longest sequence`` stays within ``max_batch_tokens`` (a
-    sequence longer than the budget goes alone). On a CPU model the budget is capped at 2048
-    tokens: larger padded batches fall out of cache and run slower per token (see
-    ``docs/performance.md``). Hugging Face models that take ``logits_to_keep`` skip the LM head
-    on the leading positions that no row of the batch scores. Sequences are RIGHT-padded with
-    ``pad_token_id`` and the padding is not masked: under causal attention a target token's
-    logits depend only on the tokens before it, never on padding to its right. Models whose
-    ``forward`` takes an ``attention_mask`` get an all-ones one (Hugging Face's causal-mask code
-    reduces it to the plain causal case, so fused attention kernels stay usable, and it keeps
-    the "padding without attention mask" warning away); Hugging Face models also get
-    ``use_cache=False``; other modules are called as ``model(input_ids=...)``. The padding value
-    is never scored; it only has to be a valid token id.
+    sequence longer than the budget goes alone). On a CPU model a batch also holds at most
+    ``2**18`` activations (padded tokens x hidden size: 1,024 tokens at width 256): larger batches
+    fall out of cache and run slower per token (see ``docs/performance.md``).
+
+    Hugging Face causal LMs run their transformer body over every token and their LM head (and the
+    cross-entropy) only on the target positions: the logits of prompt and padding positions are never
+    computed. The split into body and head is checked once per model against its own forward on the
+    first batch; a model whose logits are more than ``head(last hidden state)`` (soft-capping,
+    scaling) runs its full forward instead, skipping the LM head only on the leading positions no row
+    scores (``logits_to_keep``). Other modules are called as ``model(input_ids=...)``.
+
+    Sequences are RIGHT-padded with ``pad_token_id`` and the padding is not masked: under causal
+    attention a target token's logits depend only on the tokens before it, never on padding to its
+    right. Models whose ``forward`` takes an ``attention_mask`` get an all-ones one (Hugging Face's
+    causal-mask code reduces it to the plain causal case, so fused attention kernels stay usable, and
+    it keeps the "padding without attention mask" warning away); Hugging Face models also get
+    ``use_cache=False``. The padding value is never scored; it only has to be a valid token id.
 
     The model runs in ``eval()`` mode under :func:`torch.inference_mode` on its own device; each
     submodule's previous training flag is restored afterwards, also on error. Everything is
@@ -74,8 +89,8 @@ def target_perplexity(
         pad_token_id: id used to right-pad (e.g. ``tokenizer.pad_token_id``, or the EOS id when
             the tokenizer has no pad token).
         max_batch_tokens: token budget of one forward pass (padded batch size x longest sequence;
-            at most 2048 on CPU). The logits of a batch take about ``max_batch_tokens x vocab``
-            floats of memory.
+            less on CPU, see above). The hidden states of a batch take ``max_batch_tokens x hidden``
+            floats; the LM head scores at most ``2**24`` logits at a time.
         progress: called after each batch with the number of examples that batch completed (an
             increment, as ``tqdm.update`` takes).
 
@@ -124,13 +139,12 @@ def target_perplexity(
         return torch.empty(0, dtype=torch.float32)
 
     device = model_device(model)
-    if device.type == "cpu" and _CPU_MAX_BATCH_TOKENS is not None:
-        max_batch_tokens = min(max_batch_tokens, _CPU_MAX_BATCH_TOKENS)
-    batches = _token_budget_batches(lengths, max_batch_tokens)
-    forward_kwargs: dict[str, Any] = {"use_cache": False} if is_hf_model(model) else {}
-    pass_mask = bool(forward_kwargs) or accepts_argument(model, "attention_mask")
-    # Hugging Face models can skip the LM head on the leading positions no row scores.
-    trim_logits = bool(forward_kwargs) and declares_argument(model, "logits_to_keep")
+    batches = _token_budget_batches(lengths, _batch_budget(model, device, max_batch_tokens))
+    hf = is_hf_model(model)
+    kwargs: dict[str, Any] = {"use_cache": False} if hf else {}
+    pass_mask = hf or accepts_argument(model, "attention_mask")
+    trim_logits = hf and declares_argument(model, "logits_to_keep")
+    split = split_head(model) if _SPLIT_CHECKED.get(model, True) else None
     values = [0.0] * len(lengths)
     with eval_mode(model), torch.inference_mode():
         for batch in batches:
@@ -150,32 +164,90 @@ def target_perplexity(
             if pass_mask:
                 # All ones: the padding sits after every scored token, so it needs no masking; a
                 # mask (rather than none) keeps Hugging Face from warning about possible padding.
-                forward_kwargs["attention_mask"] = torch.ones_like(input_ids)
-            offset = 0
-            if trim_logits:
-                offset = min(len(prompts[i]) for i in batch) - 1  # the first position any row scores
-                forward_kwargs["logits_to_keep"] = width - offset
-            logits = logits_of(model(input_ids=input_ids, **forward_kwargs))
-            if logits.shape[1] != width - offset:
-                raise TypeError(
-                    f"The model returned logits for {logits.shape[1]} positions, expected {width - offset}."
-                )
-            row_index = torch.tensor(rows, dtype=torch.long, device=logits.device)
-            columns = torch.tensor(positions, dtype=torch.long, device=logits.device) - offset
-            scored = logits[row_index, columns].float()
-            token_nll = torch.nn.functional.cross_entropy(
-                scored, torch.tensor(labels, dtype=torch.long, device=logits.device), reduction="none"
+                kwargs["attention_mask"] = torch.ones_like(input_ids)
+            scored = _Scored(
+                torch.tensor(rows, dtype=torch.long, device=device),
+                torch.tensor(positions, dtype=torch.long, device=device),
+                torch.tensor(labels, dtype=torch.long, device=device),
             )
-            nll_sum = torch.zeros(len(batch), dtype=torch.float32, device=logits.device).index_add_(
-                0, row_index, token_nll
+            if split is not None:
+                token_nll = _split_nll(split, input_ids, scored, kwargs)
+                if model not in _SPLIT_CHECKED:
+                    full = _full_nll(model, input_ids, scored, kwargs, trim_logits)
+                    _SPLIT_CHECKED[model] = _agree(token_nll, full, _dtype(model))
+                    if not _SPLIT_CHECKED[model]:
+                        split, token_nll = None, full
+            else:
+                token_nll = _full_nll(model, input_ids, scored, kwargs, trim_logits)
+            nll_sum = torch.zeros(len(batch), dtype=torch.float32, device=token_nll.device).index_add_(
+                0, scored.rows.to(token_nll.device), token_nll
             )
-            counts = torch.tensor([len(targets[i]) for i in batch], dtype=torch.float32, device=logits.device)
+            counts = torch.tensor([len(targets[i]) for i in batch], dtype=torch.float32, device=token_nll.device)
             perplexity = torch.exp(nll_sum / counts).tolist()
             for i, value in zip(batch, perplexity, strict=True):
                 values[i] = value
             if progress is not None:
                 progress(len(batch))
     return torch.tensor(values, dtype=torch.float32)
+
+
+class _Scored:
+    """The scored positions of a batch: row, position of the logits, and the label each one predicts."""
+
+    def __init__(self, rows: Tensor, positions: Tensor, labels: Tensor) -> None:
+        self.rows, self.positions, self.labels = rows, positions, labels
+
+
+def _batch_budget(model: Any, device: torch.device, max_batch_tokens: int) -> int:
+    """Return the token budget of one batch: ``max_batch_tokens``, on CPU capped so a batch stays in cache."""
+    if device.type != "cpu" or _CPU_MAX_BATCH_ACTIVATIONS is None:
+        return max_batch_tokens
+    width = hidden_size(model)
+    cap = _CPU_MAX_BATCH_ACTIVATIONS // width if width else _CPU_MAX_BATCH_TOKENS_UNKNOWN_WIDTH
+    return min(max_batch_tokens, max(1, cap))
+
+
+def _split_nll(
+    split: tuple[torch.nn.Module, torch.nn.Module], input_ids: Tensor, scored: _Scored, kwargs: dict[str, Any]
+) -> Tensor:
+    """Token cross-entropies from the body's hidden states at the scored positions and the head on those only."""
+    body, head = split
+    output = body(input_ids=input_ids, **kwargs)
+    hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+    selected = hidden[scored.rows, scored.positions]
+    step = max(1, _HEAD_CHUNK_LOGITS // max(1, int(getattr(head, "out_features", 0) or 1)))
+    parts = [
+        torch.nn.functional.cross_entropy(
+            head(selected[start : start + step]).float(), scored.labels[start : start + step], reduction="none"
+        )
+        for start in range(0, selected.shape[0], step)
+    ]
+    return torch.cat(parts)
+
+
+def _full_nll(model: Any, input_ids: Tensor, scored: _Scored, kwargs: dict[str, Any], trim_logits: bool) -> Tensor:
+    """Token cross-entropies from the model's own forward (its LM head skipped only where no row scores)."""
+    width = input_ids.shape[1]
+    offset = int(scored.positions.min()) if trim_logits else 0  # the first position any row scores
+    extra = {"logits_to_keep": width - offset} if trim_logits else {}
+    logits = logits_of(model(input_ids=input_ids, **kwargs, **extra))
+    if logits.shape[1] != width - offset:
+        raise TypeError(f"The model returned logits for {logits.shape[1]} positions, expected {width - offset}.")
+    columns = scored.positions.to(logits.device) - offset
+    picked = logits[scored.rows.to(logits.device), columns].float()
+    return torch.nn.functional.cross_entropy(picked, scored.labels.to(logits.device), reduction="none")
+
+
+def _agree(split: Tensor, full: Tensor, dtype: torch.dtype) -> bool:
+    """Whether the split's token cross-entropies are the full forward's, to the rounding of the model's dtype."""
+    tolerance = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+    return split.shape == full.shape and bool(
+        torch.allclose(split, full.to(split.device), rtol=tolerance, atol=tolerance)
+    )
+
+
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def _token_budget_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
