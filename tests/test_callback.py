@@ -1,12 +1,14 @@
 """PreMemorizationCallback end to end on a tiny GPT-2 (CPU, no downloads)."""
 
 import csv
+import logging
+import time
 
 import lightning as L  # noqa: N812
 import numpy as np
 import pytest
 import torch
-from _tiny import FrozenModule, examples, loader, module, tokenizer
+from _tiny import FrozenModule, SeedKeyedSampler, examples, loader, module, tokenizer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -275,3 +277,54 @@ def test_scores_are_pushed_to_a_datamodule_that_takes_them(tmp_path):
     assert ids == callback.probed_ids == list(range(6))
     assert torch.equal(scores["pre_memorization_accuracy"], callback.metric.per_example())
     assert torch.equal(scores["perplexity"], callback.history[-1]["perplexity"])
+
+
+class _SlowEcho(_Echo):
+    """Sampling that takes far longer than the tiny model's training epochs."""
+
+    def sample(self, prompts, seeds):
+        time.sleep(0.3)
+        return super().sample(prompts, seeds)
+
+
+def test_max_time_fraction_skips_rounds_but_never_the_first_or_the_last(tmp_path, caplog):
+    tok = tokenizer()
+    rows = examples(4)
+    callback = PreMemorizationCallback(train_examples=rows, sampler=_SlowEcho(), max_time_fraction=0.5, progress=False)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        trainer = _trainer(tmp_path, 4, logger=False, callbacks=[callback])
+        trainer.fit(module(tok), loader(tok, rows))
+    # epoch 0 probes (the first round); 1 and 2 would take most of the time and are skipped; 3 is the last epoch
+    assert [r["epoch"] for r in callback.history] == [0, 3]
+    assert all(0.5 < r["probe_time_fraction"] <= 1 and r["probe_seconds"] >= 0.3 for r in callback.history)
+    assert sum("probe skipped" in m and "max_time_fraction 50%" in m for m in caplog.messages) == 2
+    assert 0.5 < trainer.callback_metrics["premem/probe_time_fraction"].item() <= 1
+    unbounded = PreMemorizationCallback(train_examples=rows, sampler=_SlowEcho(), progress=False)
+    _trainer(tmp_path / "all", 3, logger=False, callbacks=[unbounded]).fit(module(tok), loader(tok, rows))
+    assert [r["epoch"] for r in unbounded.history] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"`max_time_fraction` must be in \(0, 1\)"):
+        PreMemorizationCallback(max_time_fraction=1.5)
+
+
+def test_a_seeded_subset_of_1000_is_probed_by_default(tmp_path):
+    tok = tokenizer()
+    rows = examples(1100)
+    callback = PreMemorizationCallback(train_examples=rows, sampler=SeedKeyedSampler(), progress=False)
+    trainer = _trainer(tmp_path, 1, logger=False, callbacks=[callback], limit_train_batches=1)
+    trainer.fit(module(tok), loader(tok, rows))
+    assert len(callback.probed_ids) == 1000 and set(callback.probed_ids) < {r["id"] for r in rows}
+    again = PreMemorizationCallback(train_examples=rows, sampler=_Echo(), progress=False)
+    _trainer(tmp_path / "again", 1, logger=False, callbacks=[again], limit_train_batches=1).fit(
+        module(tok), loader(tok, rows)
+    )
+    assert again.probed_ids == callback.probed_ids  # seeded: the same subset every time
+    # the logged standard error is the finite-population one of the subset mean, by hand
+    values = callback.metric.per_example().double().numpy()
+    expected = values.std(ddof=1) / np.sqrt(1000) * np.sqrt((1100 - 1000) / (1100 - 1))
+    stderr = trainer.callback_metrics["premem/pre_memorization_accuracy_stderr"].item()
+    assert stderr == pytest.approx(expected, rel=1e-5) and 0 < stderr < 0.02
+    everything = PreMemorizationCallback(train_examples=rows[:1050], sampler=_Echo(), max_examples=None, progress=False)
+    _trainer(tmp_path / "all", 1, logger=False, callbacks=[everything], limit_train_batches=1).fit(
+        module(tok), loader(tok, rows)
+    )
+    assert len(everything.probed_ids) == 1050
