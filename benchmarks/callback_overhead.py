@@ -44,6 +44,7 @@ def _instrumented_run(config: Any, folder: Path) -> tuple[dict[str, Any], Any]:
     """Run the demo with ``config``; return timings and the callback."""
     import lightning as L  # noqa: N812
 
+    from lightning_premem.callbacks import common as common_module
     from lightning_premem.callbacks import premem as callback_module
     from lightning_premem.experiments import demo as demo_module
     from lightning_premem.probes import HFSampler
@@ -76,7 +77,7 @@ def _instrumented_run(config: Any, folder: Path) -> tuple[dict[str, Any], Any]:
         (demo_module, "PreMemorizationCallback", Timed),
         (HFSampler, "sample", timed("sampling", HFSampler.sample)),
         (callback_module, "target_perplexity", timed("perplexity", callback_module.target_perplexity)),
-        (callback_module, "grade", timed("grading", callback_module.grade)),
+        (common_module, "grade", timed("grading", common_module.grade)),
         (
             callback_module.PreMemorizationCallback,
             "_log_tensorboard",

@@ -12,7 +12,9 @@ robustness probe's ``robust_accuracy`` [T, P, N] with its ``perturbations`` [P] 
 Both the authors' GSM8K run logs and the :class:`~lightning_premem.PreMemorizationCallback`'s
 ``premem/history.npz`` files are in it. The callback also writes ``epochs`` [T],
 ``pre_memorization_accuracy`` [T, N], ``memorized`` [T, N], ``num_correct`` [T, N],
-``num_unparseable`` [T, N], ``num_samples`` [T] and ``threshold`` (ignored by the reader).
+``num_unparseable`` [T, N], ``num_samples`` [T], ``threshold`` and, with ``skip_decided``, ``sampled``
+[T, N] (False where an example was not sampled: its ``train_accuracy`` entry is then 0) (ignored by the
+reader).
 Every problem is reported as one ``ValueError`` that names the file and the array.
 
 ``round_NNN.csv`` (written by :func:`write_history` for the newest round): one row per probed example,
@@ -179,8 +181,8 @@ def write_history(
         rounds: one record per probe round, oldest first, as
             :attr:`~lightning_premem.PreMemorizationCallback.history` holds them: ``epoch``, ``step``,
             ``num_samples``, per-example ``accuracy``, ``perplexity``, ``num_correct``, ``num_unparseable``
-            (``[N]`` tensors), ``test_accuracy`` and ``validation_accuracy`` (floats or ``None``) and, with
-            perturbations, ``robust_accuracy`` (``[P, N]``).
+            (``[N]`` tensors), ``test_accuracy`` and ``validation_accuracy`` (floats or ``None``), optionally
+            ``sampled`` (``[N]`` bool) and, with perturbations, ``robust_accuracy`` (``[P, N]``).
         example_ids: the ``N`` probed example ids, in the records' order.
         threshold: the memorization threshold ``p`` (for ``pre_memorization_accuracy`` and ``memorized``).
         perturbations: the prompt suffixes of ``robust_accuracy``.
@@ -214,6 +216,8 @@ def write_history(
     for key in ("test_accuracy", "validation_accuracy"):
         if all(r.get(key) is not None for r in rounds):
             columns[key] = np.array([r[key] for r in rounds], dtype=np.float64)
+    if all(r.get("sampled") is not None for r in rounds):  # PreMemorizationCallback(skip_decided=True)
+        columns["sampled"] = torch.stack([r["sampled"] for r in rounds]).numpy()
     if perturbations and all(r.get("robust_accuracy") is not None for r in rounds):
         columns["robust_accuracy"] = torch.stack([r["robust_accuracy"] for r in rounds]).numpy()
         columns["perturbations"] = np.array(list(perturbations))

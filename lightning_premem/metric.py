@@ -145,6 +145,21 @@ class PreMemorizationAccuracy(Metric):
         with self.sync_context(should_sync=self.sync_on_compute):
             return self._per_example_from_state()
 
+    def best_masked_accuracy(self) -> Tensor:
+        """``[num_examples]`` the running maximum of each example's masked accuracy; NaN for never-observed ones.
+
+        An example memorized now whose value here is 0 has pre-memorization accuracy 0 whatever its
+        accuracy now: ``min(max(0, 0), accuracy) = 0``.
+
+        Example:
+            >>> metric = PreMemorizationAccuracy(num_examples=3, threshold=1.1)
+            >>> metric.update([0, 1], accuracy=[0.5, 1.0], perplexity=[1.5, 1.05])
+            >>> metric.best_masked_accuracy()
+            tensor([0.5000, 0.0000,    nan])
+        """
+        with self.sync_context(should_sync=self.sync_on_compute):
+            return torch.where(self.latest >= 0, self.running_max, torch.full_like(self.running_max, float("nan")))
+
     def summary(self) -> dict[str, Tensor]:
         """Dataset-level values over the observed examples, from each example's latest observation.
 

@@ -328,3 +328,67 @@ def test_a_seeded_subset_of_1000_is_probed_by_default(tmp_path):
         module(tok), loader(tok, rows)
     )
     assert len(everything.probed_ids) == 1050
+
+
+class _RoundCoin:
+    """Sample j is right with a chance of 1/3 from (seed, round, j); a quarter of the prompts only from round 4 on."""
+
+    num_samples = 4
+
+    def __init__(self):
+        self.calls = 0
+        self.prompts = 0
+
+    def sample(self, prompts, seeds):
+        self.calls += 1
+        self.prompts += len(prompts)
+        out = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            a, b = (int(x) for x in prompt.split("What is ")[1].split("?")[0].split("+"))
+            late = seed % 4 == 0 and self.calls < 4  # never right before they are memorized
+            right = [not late and hash((seed, self.calls, j)) % 3 == 0 for j in range(self.num_samples)]
+            out.append([f" #### {a + b if r else a + b + 1}" for r in right])
+        return out
+
+
+def test_skip_decided_gives_the_full_draws_values_on_a_run_that_memorizes(tmp_path):
+    tok = tokenizer()
+    rows = examples(16)
+    runs = {}
+    for skip in (False, True):
+        L.seed_everything(0)
+        sampler = _RoundCoin()
+        callback = PreMemorizationCallback(
+            train_examples=rows, sampler=sampler, threshold=10.0, skip_decided=skip, progress=False
+        )
+        trainer = _trainer(tmp_path / str(skip), 12, logger=False, callbacks=[callback])
+        trainer.fit(module(tok, learning_rate=3e-2), loader(tok, rows, batch_size=4))
+        runs[skip] = (callback, sampler, trainer)
+    (full, full_sampler, _), (skipping, skip_sampler, trainer) = runs[False], runs[True]
+    accuracy = torch.stack([r["accuracy"] for r in full.history])
+    perplexity = torch.stack([r["perplexity"] for r in full.history])
+    expected = pre_memorization_accuracy(accuracy, perplexity, 10.0)
+    got = pre_memorization_accuracy(
+        torch.stack([r["accuracy"] for r in skipping.history]),
+        torch.stack([r["perplexity"] for r in skipping.history]),
+        10.0,
+    )
+    memorized = perplexity <= 10.0
+    assert memorized[0].float().mean() < 0.5 < memorized[-1].float().mean()  # the run memorizes as it trains
+    assert torch.equal(got, expected)  # every round's per-example values are the full draw's
+    assert torch.equal(skipping.metric.per_example(), full.metric.per_example())
+    sampled = torch.stack([r["sampled"] for r in skipping.history])
+    assert 0 < skip_sampler.prompts < full_sampler.prompts == 16 * 12
+    assert skip_sampler.prompts == int(sampled.sum())
+    # skipped exactly where memorized with a best masked accuracy of 0 so far
+    best = torch.cummax(torch.where(memorized, torch.zeros_like(accuracy), accuracy), dim=0).values
+    decided = memorized[1:] & (best[:-1] == 0)
+    assert torch.equal(~sampled[1:], decided) and sampled[0].all()
+    last = trainer.callback_metrics
+    assert last["premem/samples_skipped_fraction"].item() == pytest.approx(1 - sampled[-1].float().mean().item())
+    assert last["premem/train_accuracy"].item() == pytest.approx(
+        skipping.history[-1]["accuracy"][sampled[-1]].double().mean().item()
+    )
+    (run,) = load_run_histories(tmp_path / "True")
+    with np.load(run.source) as saved:
+        np.testing.assert_array_equal(saved["sampled"], sampled.numpy())

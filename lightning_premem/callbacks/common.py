@@ -9,7 +9,7 @@ so the two never disagree about which model they probe or how.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lightning_premem.answers import grade
 from lightning_premem.probes.sampling import SamplingConfig
-from lightning_premem.protocols import CompletionSampler, ProbeExampleSource, check_sampler
+from lightning_premem.protocols import CompletionSampler, ProbeExampleSource, check_sampler, sample_completions
 from lightning_premem.tokenization import encode_prompt_target, format_example
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "find_tokenizer",
     "progress_bar",
     "resolve_sampling",
+    "sample_and_grade",
     "subset_stderr",
 ]
 
@@ -202,6 +203,30 @@ def _check_references(examples: Iterable[Mapping[str, Any]], kind: str, split: s
             f"{len(bad)} {split} solution(s) have no final answer that answer_kind={kind!r} can read "
             f"(first ids {bad[:5]}); GSM8K solutions end in '#### <number>', MATH ones hold a \\boxed{{...}}."
         )
+
+
+def sample_and_grade(
+    sampler: CompletionSampler,
+    probe: ProbeSet,
+    positions: Sequence[int],
+    seeds: Sequence[int],
+    answer_kind: Any,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sample the examples at ``positions`` of ``probe`` and grade every completion.
+
+    Returns ``[len(positions)]`` float tensors: the number of correct and of unparseable completions.
+    """
+    completions = sample_completions(sampler, [probe.prompts[i] for i in positions], seeds, progress)
+    correct = torch.zeros(len(positions))
+    unparseable = torch.zeros(len(positions))
+    for row, (samples, i) in enumerate(zip(completions, positions, strict=True)):
+        for completion in samples:
+            verdict = grade(completion, probe.solutions[i], answer_kind)
+            correct[row] += verdict == "correct"
+            unparseable[row] += verdict == "unparseable"
+    return correct, unparseable
 
 
 def subset_stderr(per_example: Tensor, population: int) -> float:

@@ -34,7 +34,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_premem._checks import check_int, check_real, check_threshold
-from lightning_premem.answers import grade
 from lightning_premem.callbacks.common import (
     ProbeSet,
     build_probe_set,
@@ -44,6 +43,7 @@ from lightning_premem.callbacks.common import (
     find_tokenizer,
     progress_bar,
     resolve_sampling,
+    sample_and_grade,
     subset_stderr,
 )
 from lightning_premem.callbacks.images import dynamics_image
@@ -59,7 +59,7 @@ from lightning_premem.probes.perplexity import target_perplexity
 from lightning_premem.probes.robustness import perturb_prompt, perturbation_seed, resolve_perturbations
 from lightning_premem.probes.sampling import HFSampler, SamplingConfig
 from lightning_premem.probes.seeds import STREAMS, example_seed
-from lightning_premem.protocols import CompletionSampler, ScoreReceiver, sample_completions
+from lightning_premem.protocols import CompletionSampler, ScoreReceiver
 from lightning_premem.tokenization import DEFAULT_PROMPT_TEMPLATE, DEFAULT_TARGET_TEMPLATE, pad_token_id
 
 __all__ = ["PreMemorizationCallback"]
@@ -91,6 +91,13 @@ class PreMemorizationCallback(Callback):
             skipped when the previous round's probe time would be more than this share of the probe + training
             time since the last round (never the first round, nor the last epoch's). ``None``: every due round
             runs. The share of each round is logged as ``premem/probe_time_fraction``.
+        skip_decided: score perplexity first and sample only the examples whose samples can change their
+            pre-memorization value: one memorized now (perplexity ``<= threshold``) whose best masked accuracy
+            so far is 0 has value 0 whatever it samples, and is not sampled (the values are exactly the full
+            draw's). ``premem/train_accuracy`` then covers the sampled examples only (the skipped ones are
+            mostly examples the model reproduces), a skipped example's round accuracy is recorded as 0 with
+            ``sampled`` False, and ``premem/samples_skipped_fraction`` says how many were skipped. Off by
+            default: train accuracy over every probed example is a predictor the analysis compares against.
         sampling: the sampling settings as one :class:`~lightning_premem.probes.SamplingConfig` (default: the
             paper's, ``num_samples=5, temperature=0.8, top_p=0.95, max_new_tokens=256, stop="\nDone."``). Or
             give the most common ones as flat arguments instead:
@@ -138,6 +145,7 @@ class PreMemorizationCallback(Callback):
         max_examples: int | None = 1000,
         max_test_examples: int | None = 1000,
         max_time_fraction: float | None = None,
+        skip_decided: bool = False,
         sampling: SamplingConfig | None = None,
         num_samples: int | None = None,
         temperature: float | None = None,
@@ -195,6 +203,7 @@ class PreMemorizationCallback(Callback):
         self.max_examples = max_examples
         self.max_test_examples = max_test_examples
         self.max_time_fraction = max_time_fraction
+        self.skip_decided = bool(skip_decided)
         self.answer_kind = answer_kind
         self.prompt_template = prompt_template
         self.target_template = target_template
@@ -346,7 +355,8 @@ class PreMemorizationCallback(Callback):
 
     def _skip_round(self, trainer: L.Trainer, trained: float) -> bool:
         """Whether to skip this due round to keep the probes within ``max_time_fraction`` (rank 0 decides)."""
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
         if self.max_time_fraction is None or self._last_probe_seconds is None or last_epoch:
             return False
         expected = self._last_probe_seconds
@@ -394,7 +404,8 @@ class PreMemorizationCallback(Callback):
         ``num_unparseable`` (tensors in ``probed_ids`` order), ``test_accuracy`` (``None`` without held-out
         queries), ``validation_accuracy`` (``None`` without ``validation_examples``), ``probe_seconds`` and
         ``probe_time_fraction`` (the probe's wall time, and its share of the probe + training time since the
-        previous round) and, with ``perturbations``, ``robust_accuracy`` (``[P, N]``).
+        previous round), with ``skip_decided`` ``sampled`` (``[N]`` bool) and, with ``perturbations``,
+        ``robust_accuracy`` (``[P, N]``).
         """
         return list(self._rounds)
 
@@ -416,7 +427,6 @@ class PreMemorizationCallback(Callback):
         )
         was_training = model.training
         try:
-            correct, unparseable = self._sample_and_grade(self._probe, mine, self._seeds(self._probe, mine), bar)
             perplexity = target_perplexity(
                 model,
                 [self._probe.pairs[i] for i in mine],
@@ -424,6 +434,13 @@ class PreMemorizationCallback(Callback):
                 max_batch_tokens=self.max_batch_tokens,
                 progress=bar.update,
             )
+            sampled = self._undecided(mine, perplexity)
+            at = [i for i, keep in zip(mine, sampled.tolist(), strict=True) if keep]
+            correct, unparseable = torch.zeros(len(mine)), torch.zeros(len(mine))
+            correct[sampled], unparseable[sampled] = self._sample_and_grade(
+                self._probe, at, self._seeds(self._probe, at), bar
+            )
+            bar.update(len(mine) - len(at))
             held_correct = {}
             for split, probe in self._held_out.items():
                 seeds = self._seeds(probe, held_mine[split], split)
@@ -457,6 +474,8 @@ class PreMemorizationCallback(Callback):
             "test_accuracy": None,
             "validation_accuracy": None,
         }
+        if self.skip_decided:
+            record["sampled"] = gather(sampled.double(), mine, size).round().to(torch.bool)
         if robust_correct:
             record["robust_accuracy"] = (
                 torch.stack([gather(c, mine, size) for c in robust_correct]).round() / num_samples
@@ -465,6 +484,18 @@ class PreMemorizationCallback(Callback):
             total = gather(held_correct[split], held_mine[split], len(probe.ids)).sum()
             record[f"{split}_accuracy"] = float(total) / (num_samples * len(probe.ids))
         return record
+
+    def _undecided(self, positions: list[int], perplexity: Tensor) -> Tensor:
+        """``[len(positions)]`` bool: the examples whose samples can change their pre-memorization value.
+
+        With ``skip_decided``, an example memorized now whose best masked accuracy so far is 0 is decided:
+        its value is ``min(max(0, 0), accuracy) = 0`` whatever it would sample.
+        """
+        keep = torch.ones(len(positions), dtype=torch.bool)
+        if self.skip_decided and self._metric is not None and positions:
+            best = self._metric.best_masked_accuracy()[positions]
+            keep = ~((perplexity <= self.threshold) & (best == 0))
+        return keep
 
     def _seeds(self, probe: ProbeSet, positions: list[int], split: str = "train") -> list[int]:
         """Return the seeds of the examples at ``positions``: one stream per example and split (``probes.seeds``)."""
@@ -475,16 +506,7 @@ class PreMemorizationCallback(Callback):
     ) -> tuple[Tensor, Tensor]:
         if self._sampler is None:
             raise RuntimeError("setup() did not run")
-        prompts = [probe.prompts[i] for i in positions]
-        completions = sample_completions(self._sampler, prompts, seeds, progress=bar.update)
-        correct = torch.zeros(len(positions))
-        unparseable = torch.zeros(len(positions))
-        for row, (samples, i) in enumerate(zip(completions, positions, strict=True)):
-            for completion in samples:
-                verdict = grade(completion, probe.solutions[i], self.answer_kind)
-                correct[row] += verdict == "correct"
-                unparseable[row] += verdict == "unparseable"
-        return correct, unparseable
+        return sample_and_grade(self._sampler, probe, positions, seeds, self.answer_kind, progress=bar.update)
 
     # ------------------------------------------------------------------ logging and files
 
@@ -493,14 +515,21 @@ class PreMemorizationCallback(Callback):
             raise RuntimeError("setup() did not run")
         summary = {k: float(v) for k, v in self._metric.summary().items()}
         probed = len(self._probe.ids)
+        sampled = record.get("sampled")
+        num_sampled = probed if sampled is None else int(sampled.sum())
         scalars = {
             "pre_memorization_accuracy": summary["pre_memorization_accuracy"],
             "train_accuracy": summary["train_accuracy"],
             "memorized_fraction": summary["memorized_fraction"],
             "target_perplexity": float(record["perplexity"].double().mean()),
-            "unparseable_fraction": float(record["num_unparseable"].double().sum() / (probed * record["num_samples"])),
+            "unparseable_fraction": float(
+                record["num_unparseable"].double().sum() / max(1, num_sampled * record["num_samples"])
+            ),
             "num_probed": float(probed),
         }
+        if sampled is not None:  # skip_decided: accuracy is known for the sampled examples only
+            scalars["train_accuracy"] = float(record["accuracy"][sampled].double().mean()) if num_sampled else 0.0
+            scalars["samples_skipped_fraction"] = 1.0 - num_sampled / probed
         if probed < self._num_train_examples:
             scalars["pre_memorization_accuracy_stderr"] = subset_stderr(
                 self._metric.per_example(), self._num_train_examples

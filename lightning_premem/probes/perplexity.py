@@ -169,6 +169,7 @@ def target_perplexity(
                 torch.tensor(rows, dtype=torch.long, device=device),
                 torch.tensor(positions, dtype=torch.long, device=device),
                 torch.tensor(labels, dtype=torch.long, device=device),
+                first=min(len(prompts[i]) for i in batch) - 1,
             )
             if split is not None:
                 token_nll = _split_nll(split, input_ids, scored, kwargs)
@@ -192,10 +193,10 @@ def target_perplexity(
 
 
 class _Scored:
-    """The scored positions of a batch: row, position of the logits, and the label each one predicts."""
+    """The scored positions of a batch: row, position of the logits, the label each one predicts; the first one."""
 
-    def __init__(self, rows: Tensor, positions: Tensor, labels: Tensor) -> None:
-        self.rows, self.positions, self.labels = rows, positions, labels
+    def __init__(self, rows: Tensor, positions: Tensor, labels: Tensor, *, first: int) -> None:
+        self.rows, self.positions, self.labels, self.first = rows, positions, labels, first
 
 
 def _batch_budget(model: Any, device: torch.device, max_batch_tokens: int) -> int:
@@ -228,7 +229,7 @@ def _split_nll(
 def _full_nll(model: Any, input_ids: Tensor, scored: _Scored, kwargs: dict[str, Any], trim_logits: bool) -> Tensor:
     """Token cross-entropies from the model's own forward (its LM head skipped only where no row scores)."""
     width = input_ids.shape[1]
-    offset = int(scored.positions.min()) if trim_logits else 0  # the first position any row scores
+    offset = scored.first if trim_logits else 0  # the first position any row scores
     extra = {"logits_to_keep": width - offset} if trim_logits else {}
     logits = logits_of(model(input_ids=input_ids, **kwargs, **extra))
     if logits.shape[1] != width - offset:
