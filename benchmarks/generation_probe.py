@@ -1,14 +1,20 @@
-r"""Generation probe (``HFSampler``) vs plain batched ``generate`` to ``max_new_tokens``.
+r"""Generation probe (``HFSampler``) vs plain batched ``generate`` and vs the ideal, at real token lengths.
 
-A demo-sized GPT (3 layers, 96 dims, character tokens) is first trained for a few hundred steps on
-the workload's traces, so that it writes ``"\nDone."`` where a trace ends. Then ``k`` completions
-per prompt are sampled by (a) plain ``model.generate(do_sample=True, ...)`` running every row to
-``max_new_tokens`` and cutting at the stop string afterwards, and (b) ``HFSampler`` (seeded per
-example, stop-string early exit, prompts sorted by length) at a few batch sizes. Reported: total
-time, useful new tokens per second (the tokens of the returned completions), and the share of
-row-steps spent on rows that had already finished (what dropping finished rows could still save).
+Two workloads: the demo's (its GPT shape, character tokens, synthetic traces) and GSM8K (a byte-level
+BPE trained on the bundled GSM8K test split, ~100-token prompts). A model is first trained for a few
+hundred steps on the workload's traces, so that it writes ``"\nDone."`` where a trace ends: its
+completions stop at realistic lengths. Then ``k`` completions per prompt are sampled by (a) plain
+``model.generate(do_sample=True, ...)`` running every row to ``max_new_tokens`` (or EOS) and cutting at
+the stop string afterwards, and (b) ``HFSampler`` (seeded per example, stop-string early exit, prompts
+sorted by length) at a few batch sizes.
 
-    python benchmarks/generation_probe.py            # about 5 minutes on 2 CPU cores
+Reported: time (process CPU time on one CPU thread), *useful* new tokens per second (the tokens of the
+returned completions, up to the stop string), the share of row-steps spent on rows that had already
+finished, and the fraction of the **ideal**: useful tokens at the plain per-row-step cost (the plain
+run's row-steps per second at the same number of rows), i.e. what a sampler that spends exactly one row-step
+per useful token would reach.
+
+    python benchmarks/generation_probe.py            # about 10 minutes on 1 CPU thread
     python benchmarks/generation_probe.py --quick    # smoke run, seconds
 """
 
@@ -22,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    cpu_clock,
+    gsm8k_bpe_tokenizer,
     gsm8k_texts,
     interleaved_times,
     markdown_table,
@@ -61,10 +69,16 @@ def train(model: Any, tokenizer: Any, texts: list[tuple[str, str]], steps: int, 
     return float(loss.detach())
 
 
-def plain_generate(model: Any, tokenizer: Any, prompts: list[str], k: int, rows: int, max_new: int) -> list[str]:
-    """Plain batched sampling: every row runs to ``max_new`` tokens (or EOS); cut at the stop afterwards."""
+def plain_generate(
+    model: Any, tokenizer: Any, prompts: list[str], k: int, rows: int, max_new: int
+) -> tuple[list[str], int]:
+    """Plain batched sampling: every row runs to ``max_new`` tokens (or EOS); cut at the stop afterwards.
+
+    Returns the completions and the row-steps run (rows x generated positions, over the batches).
+    """
     expanded = [p for p in prompts for _ in range(k)]
     out: list[str] = []
+    row_steps = 0
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -81,11 +95,13 @@ def plain_generate(model: Any, tokenizer: Any, prompts: list[str], k: int, rows:
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
-                texts = tokenizer.batch_decode(seq[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                generated = seq[:, enc["input_ids"].shape[1] :]
+                row_steps += generated.numel()
+                texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
                 out += [t.split(STOP, 1)[0] for t in texts]
     finally:
         tokenizer.padding_side = side
-    return out
+    return out, row_steps
 
 
 def waste(prompt_lengths: list[int], completion_tokens: list[list[int]], batch_size: int, max_new: int) -> float:
@@ -106,8 +122,9 @@ def run_workload(
     from lightning_premem.probes import HFSampler
     from lightning_premem.tokenization import char_tokenizer
 
-    tokenizer = char_tokenizer()
-    model = tiny_gpt2(len(tokenizer), n_layer=3, n_embd=96, n_head=3, n_positions=1024)
+    tokenizer = gsm8k_bpe_tokenizer() if sizes.get("bpe") else char_tokenizer()
+    special = {"bos_token_id": 1, "eos_token_id": 1} if sizes.get("bpe") else {}
+    model = tiny_gpt2(len(tokenizer), n_positions=1024, **sizes["shape"], **special)
     loss = train(model, tokenizer, texts, sizes["train_steps"], sizes["train_batch"])
     prompts = [p for p, _ in texts[: sizes["prompts"]]]
     seeds = list(range(len(prompts)))
@@ -116,11 +133,14 @@ def run_workload(
         b: HFSampler(model, tokenizer, num_samples=k, max_new_tokens=max_new, batch_size=b) for b in sizes["batches"]
     }
     fns: dict[str, Any] = {}
+    row_steps: dict[int, int] = {}
     for b in sizes["batches"]:
-        fns[f"plain generate, {b * k} rows"] = lambda b=b: plain_generate(model, tokenizer, prompts, k, b * k, max_new)
+        fns[f"plain generate, {b * k} rows"] = lambda b=b: row_steps.__setitem__(
+            b, plain_generate(model, tokenizer, prompts, k, b * k, max_new)[1]
+        )
     for b, sampler in samplers.items():
         fns[f"HFSampler, batch_size {b} ({b * k} rows)"] = lambda s=sampler: s.sample(prompts, seeds)
-    times = interleaved_times(fns, repeats)
+    times = interleaved_times(fns, repeats, clock=cpu_clock(torch.device("cpu")))
 
     completions = samplers[sizes["batches"][0]].sample(prompts, seeds)
     stopped_tokens = [
@@ -142,6 +162,10 @@ def run_workload(
         if name.startswith("HFSampler"):
             batch = int(name.split("batch_size ", 1)[1].split(" ", 1)[0])
             row["finished_row_step_share"] = waste(prompt_lengths, stopped_tokens, batch, max_new)
+            # the ideal: one row-step per useful token, at the plain run's row-step rate with as many rows
+            ideal = row_steps[batch] / times[f"plain generate, {batch * k} rows"]
+            row["ideal_useful_tokens_per_s"] = ideal
+            row["fraction_of_ideal"] = (useful / seconds) / ideal
         rows.append(row)
     return {
         "workload": label,
@@ -164,18 +188,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup(args)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.quick:
+        tiny = {"n_layer": 1, "n_embd": 32, "n_head": 2}
         short = {"train_steps": 5, "train_batch": 8, "prompts": 8, "samples": 2, "max_new_tokens": 16, "batches": [4]}
         long = {"train_steps": 2, "train_batch": 2, "prompts": 2, "samples": 2, "max_new_tokens": 16, "batches": [2]}
+        short["shape"], long["shape"], long["bpe"] = tiny, tiny, True
         n_short, n_long = 16, 4
     else:
         short = {"train_steps": 300, "train_batch": 32, "prompts": 192, "samples": 4, "max_new_tokens": 48}
-        short["batches"] = [16, 64]
-        long = {"train_steps": 150, "train_batch": 8, "prompts": 16, "samples": 4, "max_new_tokens": 320}
-        long["batches"] = [4, 16]
+        short["batches"], short["shape"] = [16, 64], {"n_layer": 3, "n_embd": 96, "n_head": 3}
+        long = {"train_steps": 300, "train_batch": 16, "prompts": 16, "samples": 4, "max_new_tokens": 192}
+        long["batches"], long["shape"], long["bpe"] = [4, 16], {"n_layer": 3, "n_embd": 96, "n_head": 3}, True
         n_short, n_long = 2000, 1319
     results = [
         run_workload("synthetic (short)", synthetic_texts(n_short), args, short, repeats),
-        run_workload("GSM8K (long)", gsm8k_texts(n_long), args, long, repeats),
+        run_workload("GSM8K (BPE)", gsm8k_texts(n_long), args, long, repeats),
     ]
     summary = [
         {
@@ -197,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "useful_tokens_per_s",
                 "speedup_vs_best_plain",
                 "finished_row_step_share",
+                "fraction_of_ideal",
             ],
         )
     )
