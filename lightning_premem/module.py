@@ -66,6 +66,10 @@ class CausalLMModule(L.LightningModule):
         self.tokenizer = None if tokenizer is None else load_tokenizer(tokenizer)
         self.model = _load_model(model, self.tokenizer)
         self.model.train()  # from_pretrained returns eval mode (dropout off); training starts in train mode
+        if getattr(self.model, "loss_type", "") is None:
+            # transformers could not tell the loss from the class name (GPT-2's LMHeadModel) and would warn on
+            # every run that it falls back to the causal-LM loss: name that loss, which is this module's
+            self.model.loss_type = "ForCausalLM"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None) -> Any:
         """Run the wrapped model."""

@@ -196,6 +196,7 @@ def run_demo(
         gradient_clip_val=1.0,
         log_every_n_steps=10,
         num_sanity_val_steps=0,
+        limit_val_batches=0,  # the demo has no validation split
     )
     trainer.fit(model, datamodule=data)
     report = _write_report(output, config, callback, threshold, time.perf_counter() - started, Path(logger.log_dir))

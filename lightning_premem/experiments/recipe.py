@@ -50,5 +50,6 @@ def quiet_trainer(max_epochs: int, callbacks: list[Any], accelerator: str = "aut
         enable_model_summary=False,
         gradient_clip_val=1.0,
         num_sanity_val_steps=0,
+        limit_val_batches=0,  # no validation loop: held-out queries are the callbacks' business
         callbacks=callbacks,
     )

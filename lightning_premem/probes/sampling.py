@@ -10,8 +10,10 @@ its batch, on the batch size, or on the rank that samples it. Any other engine p
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -261,13 +263,14 @@ class HFSampler:
         if self.stop is not None:
             criteria.append(_StopString(self.tokenizer, self.stop, eos_ids, prompt_width=width, rows=len(row_ids)))
         config = _generation_config(self.max_new_tokens, pad_id, eos_ids)
-        output = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            generation_config=config,
-            logits_processor=processors,
-            stopping_criteria=criteria,
-        )
+        with _no_padding_warning():
+            output = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=criteria,
+            )
         sequences = output if isinstance(output, Tensor) else output.sequences
         generated = sequences[:, width:].tolist()
         texts = [_decode(self.tokenizer, ids, eos_ids) for ids in generated]
@@ -397,6 +400,27 @@ def _trigger_tokens(tokenizer: Any, stop: str) -> Tensor:
         _TRIGGER_CACHE.clear()
     _TRIGGER_CACHE[key] = (tokenizer, flags)
     return flags
+
+
+class _DropPaddingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_padding_warning() -> Iterator[None]:
+    """Silence transformers' "passing in an attention_mask" warning around our own ``generate`` calls.
+
+    ``generate`` gets the attention mask of the left-padded prompts; transformers drops an all-ones mask
+    and then warns when a finished row is padded after its EOS, which needs no mask (the row is done).
+    """
+    logger = logging.getLogger("transformers.modeling_utils")
+    dropped = _DropPaddingWarning()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 
 def _generation_config(max_new_tokens: int, pad_id: int, eos_ids: Sequence[int]) -> GenerationConfig:
